@@ -1,0 +1,189 @@
+"""Project folders and run profiles.
+
+The notebooks pass data and models through four folders at the top of the repository:
+``data/`` (datasets, manifests, caches), ``models/`` (final models), ``checkpoints/`` (one run
+folder per training run) and ``reports/`` (executed notebooks, figures, tables). Profiles bundle
+the settings that depend on the hardware: ``smoke`` (seconds, for tests), ``cpu`` (a laptop or
+this project's 2-core CI machine) and ``gpu`` (Colab).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT_ENV = "CNNLAB_ROOT"
+
+
+@dataclass(frozen=True)
+class ProjectDirs:
+    """The four shared folders of a cnnlab checkout.
+
+    Attributes:
+        root: The repository root (the folder holding ``notebooks/``).
+    """
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def create(self) -> ProjectDirs:
+        """Creates the four folders if missing and returns ``self``."""
+        for folder in (self.data, self.models, self.checkpoints, self.reports):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def find_root(start: str | os.PathLike | None = None) -> Path:
+    """Finds the project root: ``$CNNLAB_ROOT``, else the nearest parent with ``notebooks/``.
+
+    Notebooks run with ``notebooks/`` as working directory, the CLI from the root; both resolve
+    to the same folders this way.
+
+    Args:
+        start: Folder to search upwards from (default: the current directory).
+
+    Returns:
+        The root folder. Falls back to ``start`` itself when no parent has ``notebooks/`` and
+        ``pyproject.toml``, so a bare folder outside a checkout still works.
+    """
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).expanduser().resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "notebooks").is_dir() and (folder / "pyproject.toml").is_file():
+            return folder
+    return here
+
+
+def project_dirs(root: str | os.PathLike | None = None) -> ProjectDirs:
+    """Returns the project's folders (created if missing) under ``root`` or :func:`find_root`."""
+    return ProjectDirs(Path(root).resolve() if root else find_root()).create()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Settings that depend on the hardware a run has.
+
+    Attributes:
+        name: Registry key.
+        image_size: Side in pixels of the square input of the transfer models.
+        custom_image_size: Side in pixels for the custom CNNs (their first 9x9 convolution
+            costs ~1 GFLOP per image at 224 px, too slow for a CPU).
+        batch_size: Images per batch.
+        custom_epochs: Epochs for each custom CNN.
+        freeze_epochs: Stage 1 epochs of transfer learning (frozen backbone, head only).
+        fine_tune_epochs: Stage 2 epochs (top of the backbone unfrozen, lower rate).
+        learning_rate: Adam learning rate for custom CNNs and the head.
+        fine_tune_lr_mult: Stage 2 rate as a fraction of ``learning_rate``.
+        custom_models: Custom CNNs trained in notebook 02 (keys of ``models.CUSTOM_MODELS``).
+        backbones: Backbones fine-tuned in notebook 03 (keys of ``backbones.BACKBONES``).
+        max_train_per_class: Cap on training images per class (None: all), for quick runs.
+        segment_images: Images segmented in notebook 04.
+    """
+
+    name: str
+    image_size: int
+    custom_image_size: int
+    batch_size: int
+    custom_epochs: int
+    freeze_epochs: int
+    fine_tune_epochs: int
+    learning_rate: float = 1e-3
+    fine_tune_lr_mult: float = 0.1
+    custom_models: tuple[str, ...] = ("retail_cnn",)
+    backbones: tuple[str, ...] = ("mobilenet_v3_small_075",)
+    max_train_per_class: int | None = None
+    segment_images: int = 6
+    extras: dict = field(default_factory=dict)
+
+    def replace(self, **changes) -> Profile:
+        """Returns a copy with ``changes`` applied (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", image_size=32, custom_image_size=32, batch_size=32, custom_epochs=1,
+        freeze_epochs=1, fine_tune_epochs=1, max_train_per_class=12, segment_images=2,
+        backbones=("mobilenet_v3_small_075", "efficientnet_b0"),
+    ),
+    "cpu": Profile(
+        name="cpu", image_size=224, custom_image_size=64, batch_size=32, custom_epochs=6,
+        freeze_epochs=4, fine_tune_epochs=2,
+        custom_models=("retail_cnn", "vehicles_cnn_bn"),
+        backbones=("mobilenet_v3_small_075", "efficientnet_b0"),
+    ),
+    "gpu": Profile(
+        name="gpu", image_size=224, custom_image_size=128, batch_size=64, custom_epochs=20,
+        freeze_epochs=8, fine_tune_epochs=10,
+        custom_models=("retail_cnn", "vehicles_cnn_bn"),
+        backbones=("inception_v3", "vgg16", "mobilenet_v3_small", "mobilenet_v3_small_075",
+                   "mobilenet_v3_large", "efficientnet_b0", "densenet121"),
+    ),
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """Returns the profile ``name`` with ``overrides`` applied (``None`` values ignored).
+
+    Raises:
+        KeyError: If ``name`` is not a known profile; the message lists the known ones.
+    """
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name].replace(**overrides)
+
+
+def display_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """A path as shown to people: relative to the project root, or with ``~`` for home.
+
+    Notebooks are committed with their outputs, so they must not show a machine's absolute
+    paths; every path a notebook prints goes through this function.
+    """
+    path = Path(path).resolve()
+    base = Path(root).resolve() if root else find_root()
+    for anchor, label in ((base, "."), (base.parent, ".."), (Path.home(), "~")):
+        try:
+            relative = path.relative_to(anchor)
+        except ValueError:
+            continue
+        return f"{label}/{relative.as_posix()}" if str(relative) != "." else label
+    return path.name
+
+
+def resolve_profile(
+    profile: str,
+    image_size: int | None = None,
+    backbones: list[str] | None = None,
+    custom_models: list[str] | None = None,
+) -> Profile:
+    """The profile a notebook runs with: ``profile`` plus the run's overrides.
+
+    Args:
+        profile: Profile name.
+        image_size: Overrides both image sizes (transfer and custom models).
+        backbones: Overrides the backbones of notebook 03.
+        custom_models: Overrides the custom CNNs of notebook 02.
+    """
+    return get_profile(
+        profile, image_size=image_size, custom_image_size=image_size,
+        backbones=tuple(backbones) if backbones else None,
+        custom_models=tuple(custom_models) if custom_models else None,
+    )

@@ -1,0 +1,145 @@
+"""Custom CNNs and the transfer model (backbone + head).
+
+Every model here takes the same input, ``(batch, h, w, 3)`` float32 RGB in ``[0, 255]``, and
+does its own rescaling or backbone preprocessing inside, so the data pipeline, evaluation and
+deployment never need to know which model they feed. Outputs are softmax probabilities in
+float32 (also under mixed precision).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+from cnnlab.backbones import (
+    BackbonePreprocessing,
+    WeightsChoice,
+    build_backbone,
+    get_backbone_spec,
+)
+
+
+def retail_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The retail-products course CNN, with the rescaling the course version forgot.
+
+    Conv 100@9x9 -> MaxPool -> Conv 50@5x5 -> Dropout 0.3 -> MaxPool -> Conv 25@3x3 -> Flatten
+    -> Dense 64 -> Dropout 0.2 -> softmax (the RPC course project's architecture).
+
+    Args:
+        input_shape: ``(h, w, 3)``.
+        num_classes: Number of output classes.
+
+    Returns:
+        Uncompiled model: ``(batch, h, w, 3)`` float32 in ``[0, 255]`` -> ``(batch, classes)``.
+    """
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.Rescaling(1.0 / 255),
+            layers.Conv2D(100, 9, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(50, 5, activation="relu"),
+            layers.Dropout(0.3),
+            layers.MaxPooling2D(),
+            layers.Conv2D(25, 3, activation="relu"),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Dense(num_classes, activation="softmax", dtype="float32"),
+        ],
+        name="retail_cnn",
+    )
+
+
+def vehicles_cnn_bn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The vehicles course project's second CNN: conv blocks with BatchNormalization.
+
+    Three blocks of Conv 3x3 -> BatchNorm -> ReLU -> MaxPool (32, 64, 128 filters), then global
+    average pooling instead of a large Flatten/Dense (fewer parameters, less overfitting),
+    Dropout 0.3 and softmax. BatchNorm: Ioffe & Szegedy 2015, arXiv:1502.03167.
+
+    Args:
+        input_shape: ``(h, w, 3)``.
+        num_classes: Number of output classes.
+
+    Returns:
+        Uncompiled model: ``(batch, h, w, 3)`` float32 in ``[0, 255]`` -> ``(batch, classes)``.
+    """
+    inputs = keras.Input(input_shape)
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="vehicles_cnn_bn")
+
+
+CUSTOM_MODELS: dict[str, Callable[[tuple[int, int, int], int], keras.Model]] = {
+    "retail_cnn": retail_cnn,
+    "vehicles_cnn_bn": vehicles_cnn_bn,
+}
+
+
+def build_custom_model(name: str, image_size: int, num_classes: int) -> keras.Model:
+    """Builds the custom CNN ``name`` for square RGB input.
+
+    Raises:
+        KeyError: If ``name`` is not in :data:`CUSTOM_MODELS`; the message lists them.
+    """
+    if name not in CUSTOM_MODELS:
+        raise KeyError(f"unknown custom model {name!r}; choose one of {sorted(CUSTOM_MODELS)}")
+    return CUSTOM_MODELS[name]((image_size, image_size, 3), num_classes)
+
+
+def build_transfer_model(
+    backbone: str,
+    num_classes: int,
+    image_size: int,
+    weights: WeightsChoice | str = "none",
+    dropout: float = 0.2,
+) -> keras.Model:
+    """Backbone + global average pooling + dropout + dense softmax head.
+
+    The backbone is nested as one layer and called with ``training=False``, so its
+    BatchNormalization layers stay in inference mode also when it is unfrozen for fine-tuning
+    (the Keras transfer-learning guide's recipe; unfreezing BN statistics is what collapsed
+    validation accuracy in the course projects).
+
+    Args:
+        backbone: Backbone registry key (see ``cnnlab.backbones.BACKBONES``).
+        num_classes: Number of output classes.
+        image_size: Input side in pixels.
+        weights: What the backbone starts from (see ``backbones.resolve_weights``).
+        dropout: Dropout rate before the dense layer.
+
+    Returns:
+        Uncompiled model named after the backbone, with the backbone frozen:
+        ``(batch, image_size, image_size, 3)`` float32 RGB in ``[0, 255]`` ->
+        ``(batch, num_classes)`` float32 probabilities.
+    """
+    spec = get_backbone_spec(backbone)
+    base = build_backbone(backbone, image_size, weights)
+    base.trainable = False
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    if spec.preprocessing != "inside":
+        x = BackbonePreprocessing(spec.preprocessing, name="preprocessing")(x)
+    x = base(x, training=False)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="head")(x)
+    return keras.Model(inputs, outputs, name=backbone)
+
+
+def find_backbone(model: keras.Model) -> keras.Model | None:
+    """Returns the nested backbone of a transfer model, or None for a flat custom CNN."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    return None

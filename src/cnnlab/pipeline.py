@@ -1,0 +1,107 @@
+"""Runs the numbered notebooks in order with papermill, as ``cnnlab run`` does.
+
+Each run writes ``reports/<run-id>/``: the executed notebooks, their figures and
+``timings.csv`` (seconds per notebook). The first failing notebook stops the run with its
+error and the path of the executed copy that shows where it failed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from cnnlab.config import ProjectDirs, display_path, project_dirs
+from cnnlab.storage import atomic_path
+
+NOTEBOOKS = (
+    "01_download_eda.ipynb",
+    "02_custom_cnn.ipynb",
+    "03_transfer_learning.ipynb",
+    "04_segmentation.ipynb",
+    "05_evaluation.ipynb",
+    "06_inference.ipynb",
+)
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names it and the executed copy to open."""
+
+
+def _relative_to_notebooks(value, notebooks_dir: Path):
+    """Paths become relative to ``notebooks/`` so executed notebooks show no machine paths."""
+    if value is None or not isinstance(value, (str, os.PathLike)):
+        return value
+    path = Path(value).expanduser()
+    if not path.exists():
+        return str(value)
+    return os.path.relpath(path.resolve(), notebooks_dir)
+
+
+def run_notebooks(
+    parameters: dict,
+    run_id: str | None = None,
+    only: list[str] | None = None,
+    dirs: ProjectDirs | None = None,
+    log_output: bool = True,
+) -> pd.DataFrame:
+    """Executes the notebooks in ``notebooks/`` in order with papermill.
+
+    Args:
+        parameters: Values for the notebooks' ``parameters`` cells (dataset, profile, ...).
+            Values that are existing paths are passed relative to ``notebooks/``.
+        run_id: Name of the report folder (default: ``<dataset>-<profile>-<timestamp>``).
+        only: Run only these notebooks (names or two-digit prefixes such as ``"01"``).
+        dirs: Project folders.
+        log_output: Stream cell outputs (epoch lines, model names) to the console.
+
+    Returns:
+        Seconds per notebook, also written to ``reports/<run-id>/timings.csv``.
+
+    Raises:
+        NotebookFailed: At the first notebook that raises.
+    """
+    import papermill
+
+    dirs = dirs or project_dirs()
+    notebooks_dir = dirs.root / "notebooks"
+    run_id = run_id or "-".join(
+        [str(parameters.get("dataset", "run")), str(parameters.get("profile", "")),
+         time.strftime("%Y%m%d-%H%M%S")])
+    out_dir = dirs.reports / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {k: _relative_to_notebooks(v, notebooks_dir) for k, v in parameters.items()}
+    params["run_id"] = run_id
+    selected = [n for n in NOTEBOOKS if not only or any(n.startswith(o) or n == o for o in only)]
+    timings = []
+    for index, name in enumerate(selected, start=1):
+        source = notebooks_dir / name
+        if not source.is_file():
+            raise FileNotFoundError(f"{display_path(source)} is missing from the checkout")
+        target = out_dir / name
+        print(f"[{index}/{len(selected)}] {name} -> {display_path(target)}", flush=True)
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(source), str(target), parameters=params, cwd=str(notebooks_dir),
+                kernel_name="python3", log_output=log_output, progress_bar=False)
+        except papermill.PapermillExecutionError as error:
+            raise NotebookFailed(
+                f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                f"open {display_path(target)} to see the failing cell") from None
+        seconds = time.perf_counter() - start
+        timings.append({"notebook": name, "seconds": round(seconds, 1)})
+        print(f"[{index}/{len(selected)}] {name} done in {seconds:.0f} s", flush=True)
+    table = pd.DataFrame(timings)
+    with atomic_path(out_dir / "timings.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
+def report_dir(dataset: str, run_id: str | None = None, dirs: ProjectDirs | None = None) -> Path:
+    """``reports/<run-id>/`` (or ``reports/<dataset>/`` outside ``cnnlab run``), created."""
+    folder = (dirs or project_dirs()).reports / (run_id or dataset)
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    return folder

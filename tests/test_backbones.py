@@ -1,0 +1,91 @@
+import keras
+import numpy as np
+import pytest
+
+from cnnlab import backbones
+from cnnlab.backbones import (
+    BACKBONES,
+    BackbonePreprocessing,
+    build_backbone,
+    fine_tune_boundary,
+    resolve_weights,
+)
+
+RAW = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_preprocessing_matches_keras_preprocess_input(name):
+    spec = BACKBONES[name]
+    inputs = keras.Input((8, 8, 3))
+    if spec.preprocessing == "inside":
+        # EfficientNet/MobileNetV3 take raw [0, 255]: their preprocess_input is the identity.
+        np.testing.assert_allclose(spec.preprocess_input(RAW.copy()), RAW)
+        return
+    ours = keras.Model(inputs, BackbonePreprocessing(spec.preprocessing)(inputs)).predict(
+        RAW, verbose=0)
+    np.testing.assert_allclose(ours, spec.preprocess_input(RAW.copy()), rtol=1e-5, atol=1e-4)
+
+
+def test_unknown_mode_and_backbone_are_refused():
+    with pytest.raises(ValueError, match="unknown preprocessing mode"):
+        BackbonePreprocessing("bgr")
+    with pytest.raises(KeyError, match="choose one of"):
+        backbones.get_backbone_spec("resnet9000")
+
+
+def test_resolve_weights_modes(tmp_path):
+    assert resolve_weights("vgg16", "none").source == "none"
+    assert resolve_weights("vgg16", "imagenet").source == "imagenet"
+    local = resolve_weights("vgg16", "local", tmp_path)
+    assert local.source == "none" and "no vgg16_imagenet_notop.weights.h5" in local.label
+    (tmp_path / "vgg16_imagenet_notop.weights.h5").write_bytes(b"x")
+    for mode in ("local", "imagenet"):
+        choice = resolve_weights("vgg16", mode, tmp_path)
+        assert choice.source == "file" and choice.label.startswith("imagenet (local file")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_weights("vgg16", str(tmp_path / "missing.weights.h5"))
+    with pytest.raises(FileNotFoundError, match="weights-dir"):
+        resolve_weights("vgg16", "local", tmp_path / "nope")
+
+
+def test_download_failure_says_how_to_go_offline(monkeypatch):
+    def offline(**kwargs):
+        raise OSError("URL fetch failure")
+
+    spec = BACKBONES["vgg16"]
+    monkeypatch.setitem(BACKBONES, "vgg16", backbones.BackboneSpec(
+        **{**spec.__dict__, "constructor": offline}))
+    with pytest.raises(RuntimeError, match="--weights-dir.*--weights none"):
+        build_backbone("vgg16", 32, "imagenet")
+
+
+def test_min_size_is_checked():
+    with pytest.raises(ValueError, match="at least 75 px"):
+        build_backbone("inception_v3", 64)
+
+
+@pytest.mark.parametrize("name,first_unfrozen", [
+    ("inception_v3", 249),  # the Keras fine-tuning guide: freeze the first 249 layers
+    ("vgg16", None), ("mobilenet_v3_small_075", None), ("efficientnet_b0", None),
+])
+def test_fine_tune_boundary(name, first_unfrozen):
+    model = build_backbone(name, 96 if name == "inception_v3" else 32)
+    index = fine_tune_boundary(model)
+    if first_unfrozen is not None:
+        assert index == first_unfrozen
+    spec = BACKBONES[name]
+    assert model.layers[index - 1].name.startswith(spec.frozen_through)
+    assert not any(layer.name.startswith(spec.frozen_through) for layer in model.layers[index:])
+
+
+def test_local_imagenet_weights_load(shared_dir):
+    folder = shared_dir / "weights"
+    choice = resolve_weights("mobilenet_v3_small_075", "local", folder)
+    assert choice.source == "file"
+    pretrained = build_backbone("mobilenet_v3_small_075", 96, choice)
+    random = build_backbone("mobilenet_v3_small_075", 96, "none")
+    assert pretrained.count_params() == 583_160
+    first = next(w for w in pretrained.weights if "kernel" in w.path)
+    other = next(w for w in random.weights if w.path == first.path)
+    assert not np.allclose(np.asarray(first), np.asarray(other))

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+from conftest import write_image
+from PIL import Image
+
+from cnnlab.data import augmentation_layers, load_image, make_dataset
+
+
+def test_pipeline_decodes_every_mode_to_rgb_float(tmp_path):
+    files = [write_image(tmp_path / f"x.{ext}", mode, fmt=fmt) for ext, mode, fmt in
+             [("jpg", "RGB", None), ("jpg", "L", None), ("png", "P", None),
+              ("png", "RGBA", None), ("bmp", "RGB", None), ("gif", "P", None)]]
+    ds = make_dataset(files, [0, 1, 2, 3, 4, 5], 24, batch_size=4)
+    batches = list(ds)
+    images = np.concatenate([b[0].numpy() for b in batches])
+    assert images.shape == (6, 24, 24, 3) and images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 255 and images.max() > 1
+    assert [b[0].shape[0] for b in batches] == [4, 2]
+    assert np.concatenate([b[1].numpy() for b in batches]).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_pipeline_argument_errors():
+    with pytest.raises(ValueError, match="no image files"):
+        make_dataset([], [], 8)
+    with pytest.raises(ValueError, match="2 files but 1 labels"):
+        make_dataset(["a", "b"], [0], 8)
+
+
+def test_augmentation_changes_images_but_not_shape():
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    out = augmentation_layers(hflip=True, seed=1)(x, training=True).numpy()
+    assert out.shape == x.shape and not np.allclose(out, x)
+    assert "random_flip" not in [layer.name for layer in augmentation_layers(hflip=False).layers]
+
+
+def test_load_image_honours_exif_and_modes(tmp_path):
+    wide = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    wide.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").shape == (40, 20, 3)
+    Image.new("CMYK", (10, 10)).save(tmp_path / "cmyk.jpg")
+    Image.fromarray(np.full((10, 10), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    for name in ("cmyk.jpg", "deep.png"):
+        image = load_image(tmp_path / name, image_size=16)
+        assert image.shape == (16, 16, 3) and image.dtype == np.float32
+    (tmp_path / "bad.jpg").write_text("nope")
+    with pytest.raises(ValueError, match="bad.jpg is not a readable image"):
+        load_image(tmp_path / "bad.jpg")
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "missing.jpg")

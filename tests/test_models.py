@@ -1,0 +1,46 @@
+import keras
+import numpy as np
+import pytest
+
+from cnnlab.models import (
+    CUSTOM_MODELS,
+    build_custom_model,
+    build_transfer_model,
+    find_backbone,
+)
+
+
+def test_retail_cnn_is_the_course_architecture():
+    model = build_custom_model("retail_cnn", 64, 17)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.filters, c.kernel_size) for c in convs] == [(100, (9, 9)), (50, (5, 5)),
+                                                          (25, (3, 3))]
+    assert [d.rate for d in model.layers if isinstance(d, keras.layers.Dropout)] == [0.3, 0.2]
+    assert isinstance(model.layers[0], keras.layers.Rescaling)  # the course version had none
+    assert model.output_shape == (None, 17)
+
+
+@pytest.mark.parametrize("name", sorted(CUSTOM_MODELS))
+def test_custom_models_output_probabilities(name):
+    model = build_custom_model(name, 32, 5)
+    probs = model.predict(np.random.uniform(0, 255, (3, 32, 32, 3)), verbose=0)
+    assert probs.shape == (3, 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_unknown_custom_model():
+    with pytest.raises(KeyError, match="retail_cnn"):
+        build_custom_model("lenet", 32, 2)
+
+
+def test_transfer_model_has_frozen_nested_backbone_and_preprocessing():
+    model = build_transfer_model("densenet121", 4, 32)
+    backbone = find_backbone(model)
+    assert backbone is not None and backbone.name == "densenet121"
+    assert not backbone.trainable
+    assert model.get_layer("preprocessing").mode == "torch"
+    assert model.output_shape == (None, 4)
+    assert model.layers[-1].dtype_policy.name == "float32"
+    inside = build_transfer_model("efficientnet_b0", 4, 32)
+    assert "preprocessing" not in [layer.name for layer in inside.layers]
+    assert find_backbone(build_custom_model("retail_cnn", 32, 2)) is None

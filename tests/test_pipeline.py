@@ -1,0 +1,78 @@
+"""End to end: the numbered notebooks executed with papermill, as `cnnlab run` does."""
+
+import json
+
+import nbformat
+import pandas as pd
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.pipeline import NOTEBOOKS, run_notebooks
+
+
+def _outputs(path) -> str:
+    notebook = nbformat.read(path, as_version=4)
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            assert output.get("output_type") != "error", f"{path.name}: {output}"
+            texts.append(output.get("text", "") + json.dumps(output.get("data", {})))
+    return "\n".join(texts)
+
+
+@pytest.fixture()
+def offline_assets(shared_dir, monkeypatch):
+    monkeypatch.setenv("CNNLAB_DEEPLAB_DIR", str(shared_dir / "models" / "deeplab"))
+    return shared_dir
+
+
+@pytest.mark.slow
+def test_all_six_notebooks_run_on_sample_with_smoke_profile(project, offline_assets):
+    timings = run_notebooks({"dataset": "sample", "profile": "smoke", "weights": "local",
+                             "weights_dir": offline_assets / "weights"},
+                            run_id="smoke", dirs=project, log_output=False)
+    assert timings["notebook"].tolist() == list(NOTEBOOKS)
+    report = project.reports / "smoke"
+    assert "SYNTHETIC" in _outputs(report / "01_download_eda.ipynb")
+    transfer = _outputs(report / "03_transfer_learning.ipynb")
+    assert "imagenet (local file mobilenet_v3_small_075" in transfer
+    assert "NONE (RANDOM INIT" in transfer  # efficientnet_b0 has no local weights: said loudly
+    board = pd.read_csv(project.reports / "sample-leaderboard.csv")
+    assert sorted(board["model"]) == ["efficientnet_b0", "mobilenet_v3_small_075", "retail_cnn"]
+    assert (board["test images"] == board["test images"].iloc[0]).all()
+    assert "best test accuracy on the leaderboard" in _outputs(report / "06_inference.ipynb")
+    for figure in ("01_class_counts", "02_architecture_retail_cnn", "03_val_accuracy",
+                   "04_segmentation", "05_confusion_normalised", "06_inference"):
+        assert (report / "figures" / f"{figure}.png").is_file(), figure
+    assert (report / "timings.csv").is_file()
+
+
+@pytest.mark.slow
+def test_notebooks_01_02_04_06_on_real_images(project, offline_assets):
+    run_notebooks({"dataset": "cards", "data_dir": offline_assets / "datasets" / "cards",
+                   "profile": "smoke", "segment_dataset": "vehicles",
+                   "segment_data_dir": offline_assets / "datasets" / "vehicles"},
+                  run_id="real", only=["01", "02", "04", "06"], dirs=project, log_output=False)
+    report = project.reports / "real"
+    eda = _outputs(report / "01_download_eda.ipynb")
+    assert "3710 images, 53 classes" in eda and "own split folders" in eda
+    assert "segmenting 2 images of vehicles" in _outputs(report / "04_segmentation.ipynb")
+    inference = _outputs(report / "06_inference.ipynb")
+    assert "most recently saved" in inference and "cards-retail_cnn.h5" in inference
+    assert "/work/" not in eda + inference  # no machine paths in committed outputs
+
+
+@pytest.mark.slow
+def test_run_stops_at_the_first_failing_notebook(project, capsys):
+    status = main(["run", "--dataset", "vehicles", "--profile", "smoke", "--quiet",
+                   "--run-id", "broken"])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "01_download_eda.ipynb failed" in error and "pass --data-dir" in error
+    assert not (project.reports / "broken" / "02_custom_cnn.ipynb").exists()
+
+
+def test_cli_lists_registries(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "mobilenet_v3_small_075" in out and "retail_cnn" in out and "smoke" in out

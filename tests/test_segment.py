@@ -1,0 +1,293 @@
+"""Tests for cnnlab.segment: DeepLabV3 TFLite segmentation on real ../shared assets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import types
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+from cnnlab import segment
+from cnnlab.segment import (
+    DEEPLAB_DIR_ENV,
+    DEEPLAB_MODELS,
+    VOC_CLASSES,
+    DeepLabSegmenter,
+    class_fractions,
+    colorize_mask,
+    deeplab_model_path,
+    dominant_class,
+    overlay,
+    plot_segmentation,
+    voc_colormap,
+)
+
+CAR = VOC_CLASSES.index("car")
+# The first car photos in sorted order; measured: 7 of 8 have car as dominant class with
+# either model (over all 200 car photos: 150 float, 149 quant).
+N_CAR_IMAGES = 8
+
+
+@pytest.fixture(scope="session")
+def deeplab_dir(shared_dir: Path) -> Path:
+    return shared_dir / "models" / "deeplab"
+
+
+@pytest.fixture(scope="session")
+def car_images(shared_dir: Path) -> list[np.ndarray]:
+    files = sorted((shared_dir / "datasets" / "vehicles" / "car").glob("*.jpg"))[:N_CAR_IMAGES]
+    assert len(files) == N_CAR_IMAGES
+    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+
+
+@pytest.fixture(scope="module", params=sorted(DEEPLAB_MODELS))
+def segmenter(request: pytest.FixtureRequest, deeplab_dir: Path) -> DeepLabSegmenter:
+    return DeepLabSegmenter(request.param, path=deeplab_dir, num_threads=2)
+
+
+@pytest.fixture(autouse=True)
+def _no_deeplab_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DEEPLAB_DIR_ENV, raising=False)
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def test_registry() -> None:
+    assert segment.DEFAULT_DEEPLAB_MODEL == "deeplabv3_257_float"
+    float_spec = DEEPLAB_MODELS["deeplabv3_257_float"]
+    quant_spec = DEEPLAB_MODELS["deeplabv3_513_quant"]
+    assert (float_spec.input_size, float_spec.input_kind, float_spec.output_kind) == (
+        257,
+        "float",
+        "logits",
+    )
+    assert (quant_spec.input_size, quant_spec.input_kind, quant_spec.output_kind) == (
+        513,
+        "uint8",
+        "class_index",
+    )
+    for spec in DEEPLAB_MODELS.values():
+        assert spec.url.startswith("https://") and spec.url.endswith(spec.filename)
+        assert len(spec.sha256) == 64
+
+
+@pytest.mark.shared
+def test_model_path_from_env(monkeypatch: pytest.MonkeyPatch, deeplab_dir: Path) -> None:
+    monkeypatch.setenv(DEEPLAB_DIR_ENV, str(deeplab_dir))
+    for name, spec in DEEPLAB_MODELS.items():
+        assert deeplab_model_path(name) == deeplab_dir / spec.filename
+
+
+@pytest.mark.shared
+def test_model_path_explicit_overrides_env(
+    monkeypatch: pytest.MonkeyPatch, deeplab_dir: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(DEEPLAB_DIR_ENV, str(tmp_path))  # empty: would fail if consulted
+    file = deeplab_dir / "deeplabv3_257_mv_gpu.tflite"
+    assert deeplab_model_path(path=file) == file
+    assert deeplab_model_path(path=deeplab_dir) == file
+    assert deeplab_model_path("deeplabv3_513_quant", path=str(deeplab_dir)).name == (
+        "deeplabv3_mnv2_pascal_quant.tflite"
+    )
+
+
+def test_missing_path_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="deeplabv3_257_mv_gpu.tflite"):
+        deeplab_model_path(path=tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.tflite"):
+        deeplab_model_path(path=tmp_path / "nope.tflite")
+    monkeypatch.setenv(DEEPLAB_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=DEEPLAB_DIR_ENV):
+        deeplab_model_path("deeplabv3_513_quant")
+
+
+def test_sha256_mismatch_raises(tmp_path: Path) -> None:
+    fake = tmp_path / "deeplabv3_257_mv_gpu.tflite"
+    fake.write_bytes(b"not a model")
+    expected = DEEPLAB_MODELS["deeplabv3_257_float"].sha256
+    with pytest.raises(ValueError, match=expected) as info:
+        deeplab_model_path(path=tmp_path)
+    assert hashlib.sha256(b"not a model").hexdigest() in str(info.value)
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(ValueError, match="deeplabv3_257_float"):
+        deeplab_model_path("deeplabv4")
+
+
+def test_download_goes_through_keras_get_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_get_file(fname, origin, file_hash, cache_subdir):
+        calls.append((fname, origin, file_hash, cache_subdir))
+        return f"/cache/{cache_subdir}/{fname}"
+
+    fake_keras = types.SimpleNamespace(utils=types.SimpleNamespace(get_file=fake_get_file))
+    monkeypatch.setitem(sys.modules, "keras", fake_keras)  # no network, no TF import
+    spec = DEEPLAB_MODELS["deeplabv3_513_quant"]
+    assert deeplab_model_path(spec.name) == Path(f"/cache/models/deeplab/{spec.filename}")
+    assert calls == [(spec.filename, spec.url, spec.sha256, "models/deeplab")]
+
+
+def test_download_failure_is_loud(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_get_file(*args, **kwargs):
+        raise OSError("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    fake_keras = types.SimpleNamespace(utils=types.SimpleNamespace(get_file=failing_get_file))
+    monkeypatch.setitem(sys.modules, "keras", fake_keras)
+    url = DEEPLAB_MODELS["deeplabv3_257_float"].url
+    with pytest.raises(RuntimeError, match=DEEPLAB_DIR_ENV) as info:
+        deeplab_model_path()
+    assert url in str(info.value) and "path=" in str(info.value)
+
+
+@pytest.mark.shared
+def test_fallback_to_tf_lite_warns(monkeypatch: pytest.MonkeyPatch, deeplab_dir: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails
+    fake_tf = types.SimpleNamespace(lite=types.SimpleNamespace(Interpreter=Interpreter))
+    monkeypatch.setitem(sys.modules, "tensorflow", fake_tf)  # avoid a slow real TF import
+    with pytest.warns(RuntimeWarning, match="tf.lite.Interpreter"):
+        seg = DeepLabSegmenter(path=deeplab_dir)
+    assert seg.predict_mask(np.zeros((8, 8, 3), np.uint8)).shape == (8, 8)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@pytest.mark.shared
+def test_predict_mask_on_car_photos(
+    segmenter: DeepLabSegmenter, car_images: list[np.ndarray]
+) -> None:
+    masks = segmenter.predict_masks(car_images)
+    assert len(masks) == len(car_images)
+    for image, mask in zip(car_images, masks):
+        assert mask.shape == image.shape[:2]
+        assert mask.dtype == np.uint8
+        assert mask.max() < len(VOC_CLASSES)
+    dominant = Counter(dominant_class(m) for m in masks)
+    # Measured 7 of 8 for both models; the photos are 100x100 px, low quality.
+    assert dominant[CAR] >= 5, dominant
+    assert dominant.most_common(1)[0][0] == CAR
+
+
+@pytest.mark.shared
+def test_predict_mask_any_size_and_dtype(
+    segmenter: DeepLabSegmenter, car_images: list[np.ndarray]
+) -> None:
+    image = car_images[0]
+    wide = np.concatenate([image, image[:, ::-1]], axis=1)  # 100 x 200: padded, then cropped
+    mask = segmenter.predict_mask(wide)
+    assert mask.shape == (100, 200) and mask.dtype == np.uint8
+    assert dominant_class(mask[:, :100]) == CAR and dominant_class(mask[:, 100:]) == CAR
+    tall = segmenter.predict_mask(image[:37])
+    assert tall.shape == (37, 100)
+    np.testing.assert_array_equal(
+        segmenter.predict_mask(image.astype(np.float32)), segmenter.predict_mask(image)
+    )
+
+
+@pytest.mark.shared
+def test_float_and_quant_models_agree(deeplab_dir: Path, car_images: list[np.ndarray]) -> None:
+    float_masks = DeepLabSegmenter("deeplabv3_257_float", deeplab_dir).predict_masks(car_images)
+    quant_masks = DeepLabSegmenter("deeplabv3_513_quant", deeplab_dir).predict_masks(car_images)
+    agreement = np.mean([(a == b).mean() for a, b in zip(float_masks, quant_masks)])
+    assert agreement > 0.7  # measured 0.82 (per image 0.68 to 0.97)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("shape", [(64, 64), (64, 64, 4), (64, 64, 1), (3, 64, 64), (1, 8, 8, 3)])
+def test_bad_image_shape_raises(shape: tuple[int, ...], deeplab_dir: Path) -> None:
+    seg = DeepLabSegmenter(path=deeplab_dir)
+    with pytest.raises(ValueError, match=r"expected \(height, width, 3\)") as info:
+        seg.predict_mask(np.zeros(shape, np.uint8))
+    assert str(shape) in str(info.value)
+
+
+# --------------------------------------------------------------------------- classes, colours
+
+
+@pytest.mark.shared
+def test_voc_classes_match_label_file(deeplab_dir: Path) -> None:
+    lines = (deeplab_dir / "pascal_voc_segmentation_labels.txt").read_text().splitlines()
+    # The file holds the 21 names, then a blank line and a note on the ignore label 255.
+    assert tuple(lines[: len(VOC_CLASSES)]) == VOC_CLASSES
+    assert len(VOC_CLASSES) == 21 and VOC_CLASSES[7] == "car" and VOC_CLASSES[15] == "person"
+
+
+def test_voc_colormap_known_entries() -> None:
+    cmap = voc_colormap()
+    assert cmap.shape == (21, 3) and cmap.dtype == np.uint8
+    assert tuple(cmap[0]) == (0, 0, 0)
+    assert tuple(cmap[1]) == (128, 0, 0)
+    assert tuple(cmap[7]) == (128, 128, 128)
+    assert tuple(cmap[15]) == (192, 128, 128)
+    assert tuple(cmap[20]) == (0, 64, 128)
+    assert tuple(voc_colormap(256)[255]) == (224, 224, 192)
+    assert len({tuple(c) for c in cmap}) == 21
+
+
+def test_class_fractions_and_dominant_class() -> None:
+    a = np.zeros((10, 10), np.uint8)
+    a[:3] = CAR  # 30 px car
+    b = np.full((5, 4), 15, np.uint8)  # 20 px person, other size
+    frame = class_fractions([a, b])
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == ["class", "pixels", "fraction"]
+    assert list(frame["class"]) == ["background", "car", "person"]
+    assert list(frame["pixels"]) == [70, 30, 20]
+    assert frame["fraction"].sum() == pytest.approx(1.0)
+    assert list(frame.index) == [0, CAR, 15]
+    assert dominant_class(a) == CAR
+    assert dominant_class(a, ignore_background=False) == 0
+    assert dominant_class(np.zeros((4, 4), np.int64)) == 0
+    with pytest.raises(ValueError, match="class index 30"):
+        class_fractions([np.full((2, 2), 30)])
+
+
+def test_colorize_and_overlay() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:10] = 15
+    colours = colorize_mask(mask)
+    assert colours.shape == (20, 30, 3) and colours.dtype == np.uint8
+    assert tuple(colours[6, 6]) == (192, 128, 128)
+    blended = overlay(image, mask, alpha=0.5)
+    assert blended.shape == (20, 30, 3) and blended.dtype == np.uint8
+    np.testing.assert_array_equal(blended[mask == 0], image[mask == 0])  # background kept
+    np.testing.assert_array_equal(overlay(image, mask, alpha=1.0)[6, 6], (192, 128, 128))
+    with pytest.raises(ValueError, match="must share"):
+        overlay(image, mask[:10])
+    with pytest.warns(UserWarning, match=r"\[0, 1\]"):
+        overlay(image / 255.0, mask)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(image, mask, alpha=1.5)
+    with pytest.raises(ValueError, match=r"\(20, 30\); expected \(height, width, 3\)"):
+        overlay(image[..., 0], mask)
+
+
+def test_plot_segmentation_returns_figure() -> None:
+    images = [np.full((16, 24, 3), 100, np.uint8), np.zeros((10, 10, 3), np.float32)]
+    masks = [np.full((16, 24), CAR, np.uint8), np.zeros((10, 10), np.uint8)]
+    masks[1][2:5, 2:5] = 15
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plot_segmentation(images, masks, titles=["a", "b"])
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 3 * len(images)
+    legend_labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert legend_labels == ["background", "car", "person"]
+    with pytest.raises(ValueError, match="one mask per image"):
+        plot_segmentation(images, masks[:1])
