@@ -4,9 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATASET ?= sample
 PROFILE ?= cpu
+# local: ImageNet weights from files in WEIGHTS_DIR where present, random init elsewhere (said
+# in every output); WEIGHTS=imagenet downloads them through Keras instead.
+WEIGHTS ?= local
+WEIGHTS_DIR ?= $(firstword $(wildcard ../shared/weights))
 ARGS ?=
+# A local copy of the DeepLab TFLite models, if this checkout has ../shared beside it.
+export CNNLAB_DEEPLAB_DIR ?= $(firstword $(wildcard ../shared/models/deeplab))
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-colab test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +25,28 @@ $(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/cnnlab run --dataset $(DATASET) --profile $(PROFILE) $(ARGS)
+	$(BIN)/cnnlab run --dataset $(DATASET) --profile $(PROFILE) --weights $(WEIGHTS) \
+		$(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
+
+# A second environment pinned to Google Colab's preinstalled versions (TensorFlow 2.20, Keras
+# 3.13, NumPy 2.1, ...): every unit test must pass there too. The end-to-end notebook tests
+# (marker `slow`) run in `make test` only. Python is this machine's (Colab has 3.13; see README).
+COLAB_CONSTRAINTS ?= ../shared/colab-gpu-constraints.txt
+COLAB_VENV ?= .venv-colab
+
+$(COLAB_VENV)/.installed: requirements.txt pyproject.toml
+	@test -f $(COLAB_CONSTRAINTS) || { echo "$(COLAB_CONSTRAINTS) not found: set COLAB_CONSTRAINTS to Colab's pip constraints file"; exit 1; }
+	$(PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COLAB_VENV)/bin/pip install -q -c $(COLAB_CONSTRAINTS) -r requirements.txt -e ".[test]"
+	touch $@
+
+test-colab: $(COLAB_VENV)/.installed
+	$(COLAB_VENV)/bin/python -c "import tensorflow as tf, keras, numpy; print('colab env:', 'tensorflow', tf.__version__, 'keras', keras.__version__, 'numpy', numpy.__version__)"
+	$(COLAB_VENV)/bin/python -m pytest -m "not slow" $(ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
@@ -34,4 +58,4 @@ bench: install
 	$(BIN)/python benchmarks/input_pipeline.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) $(COLAB_VENV) build src/*.egg-info

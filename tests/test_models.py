@@ -33,14 +33,27 @@ def test_unknown_custom_model():
         build_custom_model("lenet", 32, 2)
 
 
-def test_transfer_model_has_frozen_nested_backbone_and_preprocessing():
-    model = build_transfer_model("densenet121", 4, 32)
+def test_transfer_model_nests_backbone_with_its_preprocessing():
+    model = build_transfer_model("densenet121", 4, 32)  # random init: trained from scratch
     backbone = find_backbone(model)
     assert backbone is not None and backbone.name == "densenet121"
-    assert not backbone.trainable
+    assert backbone.trainable
     assert model.get_layer("preprocessing").mode == "torch"
     assert model.output_shape == (None, 4)
     assert model.layers[-1].dtype_policy.name == "float32"
     inside = build_transfer_model("efficientnet_b0", 4, 32)
     assert "preprocessing" not in [layer.name for layer in inside.layers]
     assert find_backbone(build_custom_model("retail_cnn", 32, 2)) is None
+
+
+def test_pretrained_backbone_is_frozen_and_runs_in_inference_mode(shared_dir):
+    model = build_transfer_model("mobilenet_v3_small_075", 4, 32,
+                                 str(shared_dir / "weights" /
+                                     "mobilenet_v3_small_075_imagenet_notop.weights.h5"))
+    backbone = find_backbone(model)
+    assert not backbone.trainable
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    # training=False inside: dropout aside, train-mode calls give the same features
+    features = keras.Model(model.input, model.get_layer("pool").output)
+    np.testing.assert_allclose(features(x, training=True), features(x, training=False),
+                               rtol=1e-4, atol=1e-5)

@@ -40,8 +40,9 @@ def test_fine_tune_keeps_bn_statistics_and_early_layers(sample_root, project, sh
     assert "imagenet (local file" in yaml.safe_load(result.run.args.read_text())["weights"]
 
 
-def test_set_fine_tune_trainable_freezes_bn_and_lower_layers():
-    model = build_transfer_model("mobilenet_v3_small_075", 3, 32)
+def test_set_fine_tune_trainable_freezes_bn_and_lower_layers(shared_dir):
+    weights = shared_dir / "weights" / "mobilenet_v3_small_075_imagenet_notop.weights.h5"
+    model = build_transfer_model("mobilenet_v3_small_075", 3, 32, str(weights))
     backbone = find_backbone(model)
     set_fine_tune_trainable(model)
     bn = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -52,3 +53,11 @@ def test_set_fine_tune_trainable_freezes_bn_and_lower_layers():
     model.fit(np.random.uniform(0, 255, (8, 32, 32, 3)), np.arange(8) % 3, epochs=1, verbose=0)
     after = [np.asarray(w) for layer in bn for w in layer.non_trainable_weights]
     assert all(np.array_equal(a, b) for a, b in zip(moving, after))
+
+
+def test_random_init_backbone_is_trained_from_scratch(sample_root, project):
+    manifest = build_manifest(sample_root, "sample")
+    result = train_transfer("mobilenet_v3_small", manifest, TINY, "none", None, project)
+    assert result.stage_boundary is None and result.weights == "none (random init)"
+    assert len(result.history) == TINY.freeze_epochs + TINY.fine_tune_epochs
+    assert find_backbone(result.model).trainable

@@ -123,17 +123,20 @@ BACKBONES: dict[str, BackboneSpec] = {
             224, 32, "block4", "Simonyan & Zisserman 2015, arXiv:1409.1556",
         ),
         BackboneSpec(
-            "mobilenet_v3_small", _apps.MobileNetV3Small, {"alpha": 1.0, "include_preprocessing": True}, "inside",
+            "mobilenet_v3_small", _apps.MobileNetV3Small,
+            {"alpha": 1.0, "include_preprocessing": True}, "inside",
             _apps.mobilenet_v3.preprocess_input, 224, 32, "expanded_conv_8",
             "Howard et al. 2019, arXiv:1905.02244",
         ),
         BackboneSpec(
-            "mobilenet_v3_small_075", _apps.MobileNetV3Small, {"alpha": 0.75, "include_preprocessing": True}, "inside",
+            "mobilenet_v3_small_075", _apps.MobileNetV3Small,
+            {"alpha": 0.75, "include_preprocessing": True}, "inside",
             _apps.mobilenet_v3.preprocess_input, 224, 32, "expanded_conv_8",
             "Howard et al. 2019, arXiv:1905.02244",
         ),
         BackboneSpec(
-            "mobilenet_v3_large", _apps.MobileNetV3Large, {"alpha": 1.0, "include_preprocessing": True}, "inside",
+            "mobilenet_v3_large", _apps.MobileNetV3Large,
+            {"alpha": 1.0, "include_preprocessing": True}, "inside",
             _apps.mobilenet_v3.preprocess_input, 224, 32, "expanded_conv_11",
             "Howard et al. 2019, arXiv:1905.02244",
         ),

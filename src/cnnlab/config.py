@@ -124,11 +124,14 @@ PROFILES: dict[str, Profile] = {
         freeze_epochs=1, fine_tune_epochs=1, max_train_per_class=12, segment_images=2,
         backbones=("mobilenet_v3_small_075", "efficientnet_b0"),
     ),
+    # cpu: about 25 minutes for cards (3,180 training images) on 2 cores. MobileNetV3Small
+    # without ImageNet weights (trained from scratch) is the no-transfer baseline beside the
+    # ImageNet-initialised 0.75 one.
     "cpu": Profile(
-        name="cpu", image_size=224, custom_image_size=64, batch_size=32, custom_epochs=6,
-        freeze_epochs=4, fine_tune_epochs=2,
+        name="cpu", image_size=224, custom_image_size=64, batch_size=32, custom_epochs=8,
+        freeze_epochs=4, fine_tune_epochs=8,
         custom_models=("retail_cnn", "vehicles_cnn_bn"),
-        backbones=("mobilenet_v3_small_075", "efficientnet_b0"),
+        backbones=("mobilenet_v3_small_075", "mobilenet_v3_small"),
     ),
     "gpu": Profile(
         name="gpu", image_size=224, custom_image_size=128, batch_size=64, custom_epochs=20,

@@ -18,6 +18,7 @@ from cnnlab.backbones import (
     WeightsChoice,
     build_backbone,
     get_backbone_spec,
+    resolve_weights,
 )
 
 
@@ -106,10 +107,12 @@ def build_transfer_model(
 ) -> keras.Model:
     """Backbone + global average pooling + dropout + dense softmax head.
 
-    The backbone is nested as one layer and called with ``training=False``, so its
-    BatchNormalization layers stay in inference mode also when it is unfrozen for fine-tuning
-    (the Keras transfer-learning guide's recipe; unfreezing BN statistics is what collapsed
-    validation accuracy in the course projects).
+    A pretrained backbone is nested as one layer, frozen, and called with ``training=False``,
+    so its BatchNormalization layers stay in inference mode also when it is unfrozen for
+    fine-tuning (the Keras transfer-learning guide's recipe; unfreezing BN statistics is what
+    collapsed validation accuracy in the course projects). A backbone without pretrained
+    weights is left trainable with BatchNormalization in its normal training behaviour: it is
+    trained from scratch, since freezing random features teaches the head nothing.
 
     Args:
         backbone: Backbone registry key (see ``cnnlab.backbones.BACKBONES``).
@@ -119,18 +122,19 @@ def build_transfer_model(
         dropout: Dropout rate before the dense layer.
 
     Returns:
-        Uncompiled model named after the backbone, with the backbone frozen:
+        Uncompiled model named after the backbone (backbone frozen when pretrained):
         ``(batch, image_size, image_size, 3)`` float32 RGB in ``[0, 255]`` ->
         ``(batch, num_classes)`` float32 probabilities.
     """
     spec = get_backbone_spec(backbone)
-    base = build_backbone(backbone, image_size, weights)
-    base.trainable = False
+    choice = weights if isinstance(weights, WeightsChoice) else resolve_weights(backbone, weights)
+    base = build_backbone(backbone, image_size, choice)
+    base.trainable = not choice.is_pretrained
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = inputs
     if spec.preprocessing != "inside":
         x = BackbonePreprocessing(spec.preprocessing, name="preprocessing")(x)
-    x = base(x, training=False)
+    x = base(x, training=False) if choice.is_pretrained else base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="head")(x)

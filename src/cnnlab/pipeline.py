@@ -40,6 +40,17 @@ def _relative_to_notebooks(value, notebooks_dir: Path):
     return os.path.relpath(path.resolve(), notebooks_dir)
 
 
+def _portable_metadata(path: Path, input_path: str, output_path: str) -> None:
+    """Replaces papermill's absolute input/output paths with paths relative to the root."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    meta = notebook.metadata.get("papermill", {})
+    meta.update(input_path=input_path, output_path=output_path)
+    with atomic_path(path) as tmp:
+        nbformat.write(notebook, tmp)
+
+
 def run_notebooks(
     parameters: dict,
     run_id: str | None = None,
@@ -92,6 +103,7 @@ def run_notebooks(
                 f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
                 f"open {display_path(target)} to see the failing cell") from None
         seconds = time.perf_counter() - start
+        _portable_metadata(target, f"notebooks/{name}", f"reports/{run_id}/{name}")
         timings.append({"notebook": name, "seconds": round(seconds, 1)})
         print(f"[{index}/{len(selected)}] {name} done in {seconds:.0f} s", flush=True)
     table = pd.DataFrame(timings)

@@ -333,6 +333,10 @@ def train_transfer(backbone: str, manifest, profile, weights: str = "imagenet",
                    hflip: bool = True) -> TrainingResult:
     """Fine-tunes ``backbone`` + head on a manifest (:func:`fine_tune`) and saves it.
 
+    With pretrained weights: :func:`fine_tune` (frozen stage, then the top blocks). Without:
+    the whole network is trained from scratch for ``freeze_epochs + fine_tune_epochs`` epochs
+    (the no-transfer baseline; a frozen random backbone would give the head nothing to learn).
+
     Args:
         backbone: Key of ``backbones.BACKBONES``.
         manifest: A ``datasets.Manifest``.
@@ -358,8 +362,10 @@ def train_transfer(backbone: str, manifest, profile, weights: str = "imagenet",
     train_ds, val_ds, n_train = _datasets_for(manifest, size, profile, hflip, seed)
     model = build_transfer_model(backbone, len(manifest.classes), size, choice)
     label = choice.label if choice.is_pretrained else choice.label.upper()
-    print(f"{backbone}: weights = {label}; {n_train} images at {size} px, {profile.freeze_epochs} frozen + "
-          f"{profile.fine_tune_epochs} fine-tune epochs")
+    plan = (f"{profile.freeze_epochs} frozen + {profile.fine_tune_epochs} fine-tune epochs"
+            if choice.is_pretrained else
+            f"{profile.freeze_epochs + profile.fine_tune_epochs} epochs from scratch")
+    print(f"{backbone}: weights = {label}; {n_train} images at {size} px, {plan}")
     run = start_run(dirs.checkpoints, f"{manifest.dataset}-{backbone}", {
         "model": backbone, "dataset": manifest.dataset, "image_size": size,
         "train_images": n_train, "freeze_epochs": profile.freeze_epochs,
@@ -367,11 +373,16 @@ def train_transfer(backbone: str, manifest, profile, weights: str = "imagenet",
         "learning_rate": profile.learning_rate, "lr_mult": profile.fine_tune_lr_mult,
         "seed": seed, "profile": profile.name, "weights": choice.label})
     start = time.perf_counter()
-    history = fine_tune(model, train_ds, val_ds, run, profile.freeze_epochs,
-                        profile.fine_tune_epochs, profile.learning_rate,
-                        profile.fine_tune_lr_mult)
+    if choice.is_pretrained:
+        history = fine_tune(model, train_ds, val_ds, run, profile.freeze_epochs,
+                            profile.fine_tune_epochs, profile.learning_rate,
+                            profile.fine_tune_lr_mult)
+    else:  # random features: train everything from scratch for the same number of epochs
+        history = train_classifier(model, train_ds, val_ds, run,
+                                   profile.freeze_epochs + profile.fine_tune_epochs,
+                                   profile.learning_rate)
     seconds = time.perf_counter() - start
     paths = _save(model, dirs, manifest, backbone, size, seconds, choice.label, run,
                   {"backbone": backbone, "freeze_epochs": profile.freeze_epochs})
     return TrainingResult(backbone, model, history, run, paths, seconds, choice.label,
-                          profile.freeze_epochs)
+                          profile.freeze_epochs if choice.is_pretrained else None)
