@@ -25,10 +25,11 @@ def test_train_custom_writes_run_folder_and_models(sample_root, project):
     assert (run / "best.weights.h5").is_file() and (run / "last.weights.h5").is_file()
     for suffix in (".keras", ".h5", ".json"):
         assert (project.models / f"sample-retail_cnn{suffix}").is_file()
-    # A second run starts a new history and keeps the old one beside it.
+    # A second run starts a new folder and keeps the old one, whole, beside it.
     train_custom("retail_cnn", manifest, TINY, project)
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1]
-    assert len(list(run.glob("history-*.csv"))) == 1
+    kept = list(project.checkpoints.glob("sample-retail_cnn.*"))
+    assert len(kept) == 1 and (kept[0] / "best.weights.h5").is_file()
 
 
 def test_fine_tune_keeps_bn_statistics_and_early_layers(sample_root, project, shared_dir):

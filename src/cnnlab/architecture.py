@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -295,11 +296,10 @@ def _table_figure(model: Any, dpi: int, title: str, max_rows: int = 40) -> Figur
         rows = rows[:head] + [[f"... {skipped} more layers", "", "", "", ""]] + rows[-tail:]
     total, trainable = _param_totals(model)
     footer = (
-        f"Total params: {total:,}   trainable: {trainable:,}   "
-        f"non-trainable: {total - trainable:,}"
+        f"Total params: {total:,}   trainable: {trainable:,}   non-trainable: {total - trainable:,}"
     )
     row_h = 0.28
-    fig = Figure(figsize=(10.0, row_h * (len(rows) + 1) + 0.9), dpi=dpi)
+    fig = plt.figure(figsize=(10.0, row_h * (len(rows) + 1) + 0.9), dpi=dpi)
     ax = fig.add_axes((0.02, 0.35 / fig.get_figheight(), 0.96, 1 - 0.8 / fig.get_figheight()))
     ax.set_axis_off()
     table = ax.table(
@@ -336,7 +336,7 @@ def _image_figure(
     title_h = 0.35
     fig_w = max(width / dpi * scale, 3.0)
     fig_h = height / dpi * scale + title_h
-    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1 - title_h / fig_h))
     ax.imshow(np.asarray(image.convert("RGBA")), interpolation="antialiased")
     ax.set_axis_off()
@@ -360,7 +360,8 @@ def _graph_figure(model: Any, dpi: int, title: str) -> Figure:
         ) from exc
     if shutil.which("dot") is None:
         raise RuntimeError(
-            f"the graph view needs Graphviz, but `dot` is not on PATH; {_GRAPHVIZ_HINT}")
+            f"the graph view needs Graphviz, but `dot` is not on PATH; {_GRAPHVIZ_HINT}"
+        )
     import keras
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -79,20 +79,24 @@ def start_run(checkpoints_dir: str | os.PathLike, name: str, config: dict,
         name: Run name, e.g. ``cards-retail_cnn``.
         config: Resolved configuration to record.
         resume: If an interrupted run left a backup, keep it and its history so ``fit``
-            continues where it stopped. Otherwise (finished run, or False) an old
-            ``history.csv`` is moved aside to ``history-<unix time>.csv`` first.
+            continues where it stopped. Otherwise (finished run, or False) the old folder is
+            renamed ``<name>.<date-time>`` and a new one started: nothing is overwritten.
 
     Returns:
         The run folder.
     """
     run = RunFolder(Path(checkpoints_dir) / name)
-    run.path.mkdir(parents=True, exist_ok=True)
     interrupted = run.backup.is_dir() and any(run.backup.rglob("*.json"))
-    if run.history.exists() and not (resume and interrupted):
-        # A finished run (BackupAndRestore deletes its backup at the end): start a new history.
-        os.replace(run.history, run.path / f"history-{int(time.time())}.csv")
-    elif interrupted:
-        print(f"resuming the interrupted run in {run.path.name}")
+    if resume and interrupted:
+        print(f"resuming the interrupted run in checkpoints/{name}")
+    elif run.path.is_dir() and any(run.path.iterdir()):
+        # A finished run (BackupAndRestore deletes its backup at the end): keep it whole under
+        # a dated name and start a new folder, so no checkpoint or history is lost.
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(run.path.stat().st_mtime))
+        kept = run.path.with_name(f"{name}.{stamp}")
+        os.replace(run.path, kept)
+        print(f"kept the previous run as checkpoints/{kept.name}")
+    run.path.mkdir(parents=True, exist_ok=True)
     run.write_args(config)
     return run
 
