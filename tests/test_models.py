@@ -38,6 +38,10 @@ def test_transfer_model_nests_backbone_with_its_preprocessing():
     backbone = find_backbone(model)
     assert backbone is not None and backbone.name == "densenet121"
     assert backbone.trainable
+    scratch = find_backbone(build_transfer_model("mobilenet_v3_small", 4, 32))
+    momenta = {layer.momentum for layer in scratch.layers
+               if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}  # 0.999 in keras.applications: too slow for short runs
     assert model.get_layer("preprocessing").mode == "torch"
     assert model.output_shape == (None, 4)
     assert model.layers[-1].dtype_policy.name == "float32"
