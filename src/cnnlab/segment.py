@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -556,7 +557,7 @@ def plot_segmentation(
         raise ValueError(f"got {len(titles)} titles for {len(images)} images")
 
     rows = len(images)
-    fig = Figure(figsize=(7.5, 2.5 * rows + 0.6), layout="constrained")
+    fig = plt.figure(figsize=(7.5, 2.5 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, 3, squeeze=False)
     for row, (image, mask) in enumerate(zip(images, masks)):
         rgb = _as_rgb_image(image, f"images[{row}]")
