@@ -64,6 +64,14 @@ _LAYERED_DEFAULTS: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------- #
 # Output shapes                                                                                  #
 # --------------------------------------------------------------------------------------------- #
+def _layers_and_graph(model: Any) -> tuple[list[Any], set[int] | None]:
+    """The model's layers and the ids of its graph nodes; ValueError if it has no layers."""
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise ValueError(f"expected a Keras model with a `layers` attribute, got {type(model)!r}")
+    return layers, _graph_node_ids(model)
+
+
 def _graph_node_ids(model: Any) -> set[int] | None:
     """Return ``id()`` of every node of the model's own (outer) graph, or None if unknown."""
     graph = model
@@ -142,10 +150,7 @@ def output_shapes_provided(model: Any) -> Iterator[dict[str, Any]]:
     Raises:
         ValueError: If ``model`` has no ``layers`` attribute.
     """
-    layers = getattr(model, "layers", None)
-    if layers is None:
-        raise ValueError(f"expected a Keras model with a `layers` attribute, got {type(model)!r}")
-    node_ids = _graph_node_ids(model)
+    layers, node_ids = _layers_and_graph(model)
     patched: list[Any] = []
     added: dict[str, Any] = {}
     try:
@@ -254,10 +259,7 @@ def summary_frame(model: Any) -> pd.DataFrame:
     Raises:
         ValueError: If ``model`` has no ``layers`` attribute.
     """
-    layers = getattr(model, "layers", None)
-    if layers is None:
-        raise ValueError(f"expected a Keras model with a `layers` attribute, got {type(model)!r}")
-    node_ids = _graph_node_ids(model)
+    layers, node_ids = _layers_and_graph(model)
     rows = [
         {
             "layer": layer.name,
