@@ -10,7 +10,7 @@ WEIGHTS ?= local
 WEIGHTS_DIR ?= $(firstword $(wildcard ../shared/weights))
 ARGS ?=
 # A local copy of the DeepLab TFLite models, if this checkout has ../shared beside it.
-export CNNLAB_DEEPLAB_DIR ?= $(firstword $(wildcard ../shared/models/deeplab))
+export CNNLAB_DEEPLAB_DIR ?= $(abspath $(firstword $(wildcard ../shared/models/deeplab)))
 
 .PHONY: install run test test-colab test-fast lint bench clean
 

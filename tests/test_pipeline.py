@@ -1,6 +1,7 @@
 """End to end: the numbered notebooks executed with papermill, as `cnnlab run` does."""
 
 import json
+import os
 
 import nbformat
 import pandas as pd
@@ -21,8 +22,12 @@ def _outputs(path) -> str:
 
 
 @pytest.fixture()
-def offline_assets(shared_dir, monkeypatch):
-    monkeypatch.setenv("CNNLAB_DEEPLAB_DIR", str(shared_dir / "models" / "deeplab"))
+def offline_assets(shared_dir, monkeypatch, tmp_path):
+    # A relative path, as a user would export it: the runner must make it absolute, since
+    # the kernels run in notebooks/.
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(shared_dir / "models" / "deeplab", tmp_path)
+    monkeypatch.setenv("CNNLAB_DEEPLAB_DIR", relative)
     return shared_dir
 
 

@@ -26,6 +26,10 @@ NOTEBOOKS = (
 )
 
 
+# Environment variables holding paths, made absolute before the kernels start in notebooks/.
+PATH_VARIABLES = ("CNNLAB_DEEPLAB_DIR", "CNNLAB_WEIGHTS_DIR", "CNNLAB_ROOT")
+
+
 class NotebookFailed(RuntimeError):
     """A notebook raised; the message names it and the executed copy to open."""
 
@@ -84,6 +88,9 @@ def run_notebooks(
     out_dir = dirs.reports / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {k: _relative_to_notebooks(v, notebooks_dir) for k, v in parameters.items()}
+    for name in PATH_VARIABLES:  # kernels run in notebooks/: relative paths would move
+        if os.environ.get(name):
+            os.environ[name] = str(Path(os.environ[name]).expanduser().resolve())
     params["run_id"] = run_id
     selected = [n for n in NOTEBOOKS if not only or any(n.startswith(o) or n == o for o in only)]
     timings = []
