@@ -7,7 +7,6 @@ split size is reported next to it.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +33,11 @@ class Predictions:
         y_true: ``(n,)`` int true class indices.
         probs: ``(n, classes)`` float32 predicted probabilities.
         class_names: Names in index order.
-        seconds: Wall-clock time of the prediction pass.
     """
 
     y_true: np.ndarray
     probs: np.ndarray
     class_names: list[str]
-    seconds: float = 0.0
 
     @property
     def y_pred(self) -> np.ndarray:
@@ -86,13 +83,12 @@ def predict_dataset(model: keras.Model, dataset: tf.data.Dataset,
     Returns:
         The predictions with true labels, in dataset order.
     """
-    start = time.perf_counter()
     labels, probs = [], []
     for images, y in dataset:
         probs.append(model.predict_on_batch(images))
         labels.append(y.numpy())
     return Predictions(np.concatenate(labels), np.concatenate(probs).astype(np.float32),
-                       list(class_names), time.perf_counter() - start)
+                       list(class_names))
 
 
 def saved_models(models_dir: str | os.PathLike, dataset: str) -> list[Path]:

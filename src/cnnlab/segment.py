@@ -21,7 +21,6 @@ Model files are found by ``deeplab_model_path``: an explicit ``path``, else the 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -35,6 +34,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
+
+from cnnlab.storage import sha256_file
 
 __all__ = [
     "DEEPLAB_DIR_ENV",
@@ -147,14 +148,6 @@ VOC_CLASSES: tuple[str, ...] = (
 # --------------------------------------------------------------------------- model files
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _get_spec(name: str) -> DeepLabSpec:
     try:
         return DEEPLAB_MODELS[name]
@@ -165,7 +158,7 @@ def _get_spec(name: str) -> DeepLabSpec:
 
 
 def _check_sha256(path: Path, spec: DeepLabSpec) -> Path:
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != spec.sha256:
         raise ValueError(
             f"{path} does not match the published {spec.name} model: sha256 {actual}, "
