@@ -6,14 +6,14 @@ from PIL import Image
 from cnnlab.data import augmentation_layers, load_image, make_dataset
 
 
-def test_pipeline_decodes_every_mode_to_rgb_float(tmp_path):
+def test_pipeline_decodes_every_mode_to_rgb_uint8(tmp_path):
     files = [write_image(tmp_path / f"x.{ext}", mode, fmt=fmt) for ext, mode, fmt in
              [("jpg", "RGB", None), ("jpg", "L", None), ("png", "P", None),
               ("png", "RGBA", None), ("bmp", "RGB", None), ("gif", "P", None)]]
     ds = make_dataset(files, [0, 1, 2, 3, 4, 5], 24, batch_size=4)
     batches = list(ds)
     images = np.concatenate([b[0].numpy() for b in batches])
-    assert images.shape == (6, 24, 24, 3) and images.dtype == np.float32
+    assert images.shape == (6, 24, 24, 3) and images.dtype == np.uint8
     assert images.min() >= 0 and images.max() <= 255 and images.max() > 1
     assert [b[0].shape[0] for b in batches] == [4, 2]
     assert np.concatenate([b[1].numpy() for b in batches]).tolist() == [0, 1, 2, 3, 4, 5]
@@ -49,3 +49,39 @@ def test_load_image_honours_exif_and_modes(tmp_path):
         load_image(tmp_path / "bad.jpg")
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "missing.jpg")
+
+
+def test_jpeg_dct_scaling_decodes_smaller_but_close(tmp_path):
+    import tensorflow as tf
+
+    from cnnlab.data import decode_resize
+
+    yy, xx = np.mgrid[0:224, 0:224]
+    smooth = np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8)
+    path = tmp_path / "smooth.jpg"
+    Image.fromarray(smooth).save(path, quality=95)
+    exact = decode_resize(tf.constant(str(path)), 128, dct_scaling=1.0).numpy()
+    fast = decode_resize(tf.constant(str(path)), 128, dct_scaling=0.85).numpy()
+    full = decode_resize(tf.constant(str(path)), 128, dct_scaling=None).numpy()
+    assert exact.shape == fast.shape == (128, 128, 3) and fast.dtype == np.uint8
+    np.testing.assert_array_equal(exact, full)  # 1.0 never decodes below the output size
+    assert not np.array_equal(exact, fast)  # 0.85 decoded at 1/2 scale (112 px), upsampled
+    assert np.abs(exact.astype(int) - fast.astype(int)).mean() < 3
+    same = decode_resize(tf.constant(str(path)), 224).numpy()
+    np.testing.assert_array_equal(same, tf.io.decode_jpeg(path.read_bytes()).numpy())
+
+
+def test_disk_cache_is_keyed_by_files_and_size(tmp_path):
+    files = [write_image(tmp_path / f"{i}.png") for i in range(3)]
+    cache_dir = tmp_path / "cache"
+    first = np.concatenate([x for x, _ in make_dataset(files, [0, 1, 2], 16, cache="disk",
+                                                       cache_dir=cache_dir)])
+    written = sorted(p.name for p in cache_dir.iterdir())
+    assert written and all(name.startswith("16px-") for name in written)
+    for path in files:  # the cached epoch no longer reads the files
+        path.unlink()
+    again = np.concatenate([x for x, _ in make_dataset(files, [0, 1, 2], 16, cache="disk",
+                                                       cache_dir=cache_dir)])
+    np.testing.assert_array_equal(first, again)
+    with pytest.raises(ValueError, match="cache_dir"):
+        make_dataset(files, [0, 1, 2], 16, cache="disk")

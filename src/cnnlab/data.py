@@ -1,15 +1,21 @@
 """tf.data input pipelines: decode, resize, cache, shuffle, augment, batch, prefetch.
 
-Images leave the pipeline as ``(batch, size, size, 3)`` float32 RGB in ``[0, 255]``; every
-model does its own rescaling inside, so one pipeline serves all of them. Decoding runs in
-parallel (``num_parallel_calls=AUTOTUNE``) and the resized images are cached after the first
-epoch, so later epochs never decode a JPEG again (the course projects decoded full-size photos
-every epoch). No ``ImageDataGenerator``: it is deprecated and single-threaded.
+Images leave the pipeline as ``(batch, size, size, 3)`` uint8 RGB in ``[0, 255]`` (float32 in
+``[0, 255]`` after train-time augmentation); every model casts and rescales inside, so one
+pipeline serves all of them, the cache holds 1 byte per pixel instead of 4, and on a GPU the
+cast runs on the device, as timm's ``PrefetchLoader`` and NVIDIA DALI do. Decoding runs in
+parallel (``num_parallel_calls=AUTOTUNE``); JPEGs are decoded at 1/2, 1/4 or 1/8 scale through
+libjpeg's DCT scaling when that still gives at least the output size (``dct_scaling``); images
+already at the output size are not resampled; and the decoded images are cached after the
+first epoch, so later epochs never decode a JPEG again (the course projects decoded full-size
+photos every epoch). No ``ImageDataGenerator``: it is deprecated and single-threaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import keras
@@ -20,26 +26,61 @@ from PIL import Image, ImageOps
 
 AUTOTUNE = tf.data.AUTOTUNE
 MEMORY_CACHE_LIMIT_BYTES = 4 * 1024**3
+DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg decodes at directly (tf.io.decode_jpeg ratio)
 
 
-def decode_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:
+def _decode_jpeg_scaled(data: tf.Tensor, image_size: int, dct_scaling: float) -> tf.Tensor:
+    shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.float32)
+    shorter = tf.minimum(shape[0], shape[1])
+    larger_ratios = tf.constant(DCT_RATIOS[1:], tf.float32)
+    # Index of the largest ratio r with shorter / r >= dct_scaling * image_size.
+    index = tf.reduce_sum(tf.cast(shorter / larger_ratios >= dct_scaling * image_size, tf.int32))
+    return tf.switch_case(index, [
+        (lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r)) for r in DCT_RATIOS])
+
+
+def decode_resize(path: tf.Tensor, image_size: int, dct_scaling: float | None = 1.0) -> tf.Tensor:
     """Reads and decodes one image file (JPEG, PNG, BMP, GIF) and resizes it.
 
-    Grayscale, palette and RGBA files become 3-channel RGB (alpha is dropped). The resize is
-    bilinear with antialiasing and does not keep the aspect ratio (as
-    ``keras.utils.image_dataset_from_directory`` does by default).
+    Grayscale, palette, RGBA, CMYK and 16-bit files become 8-bit RGB (alpha is dropped); EXIF
+    orientation is not applied here (validation writes upright copies of rotated photos). The
+    resize is bilinear, with antialiasing when shrinking, and does not keep the aspect ratio
+    (as ``keras.utils.image_dataset_from_directory`` does by default); an image already at
+    the output size is returned as decoded.
 
     Args:
         path: Scalar string tensor, the file path.
         image_size: Output side in pixels.
+        dct_scaling: JPEGs are decoded at the smallest libjpeg scale (1/2, 1/4, 1/8) whose
+            shorter side is still at least ``dct_scaling * image_size``: 1.0 never decodes
+            below the output size; 0.85 lets a 224-pixel JPEG decode at 112 for a 128-pixel
+            output (4x fewer pixels, then a 1.14x upsample). None always decodes in full.
 
     Returns:
-        ``(image_size, image_size, 3)`` float32 in ``[0, 255]``.
+        ``(image_size, image_size, 3)`` uint8.
     """
     data = tf.io.read_file(path)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image = tf.image.resize(image, (image_size, image_size), antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    if dct_scaling:
+        image = tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: _decode_jpeg_scaled(data, image_size, dct_scaling),
+            lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+    else:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+
+    def resized(antialias: bool):
+        def run():
+            out = tf.image.resize(image, (image_size, image_size), antialias=antialias)
+            return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+        return run
+
+    image = tf.case([
+        (tf.logical_and(tf.equal(height, image_size), tf.equal(width, image_size)),
+         lambda: image),
+        (tf.logical_or(height > image_size, width > image_size), resized(True)),
+    ], default=resized(False), exclusive=False)
+    return tf.ensure_shape(image, (image_size, image_size, 3))
 
 
 def augmentation_layers(hflip: bool = True, seed: int | None = None) -> keras.Sequential:
@@ -62,6 +103,12 @@ def augmentation_layers(hflip: bool = True, seed: int | None = None) -> keras.Se
     return keras.Sequential(steps, name="augmentation")
 
 
+def cache_key(files: list[str], image_size: int) -> str:
+    """A short hash of the file list and image size, naming a disk cache."""
+    digest = hashlib.sha256("\n".join([str(image_size), *files]).encode()).hexdigest()
+    return f"{image_size}px-{digest[:16]}"
+
+
 def make_dataset(
     files: list[str] | pd.Series,
     labels: list[int] | np.ndarray | pd.Series,
@@ -71,11 +118,14 @@ def make_dataset(
     augment: keras.Model | None = None,
     cache: str | bool = "auto",
     seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    dct_scaling: float | None = 1.0,
 ) -> tf.data.Dataset:
     """Builds a batched pipeline over image files.
 
     Order: files -> decode + resize (parallel) -> cache -> shuffle -> batch -> augment ->
-    prefetch. Augmentation runs after the cache so every epoch sees new variants.
+    prefetch. Augmentation runs after the cache so every epoch sees new variants, and on whole
+    batches, which is where Keras preprocessing layers are fastest.
 
     Args:
         files: Image paths.
@@ -84,16 +134,21 @@ def make_dataset(
         batch_size: Images per batch.
         shuffle: Reshuffle every epoch (training).
         augment: Augmentation model applied to batches (training only), or None.
-        cache: ``"auto"`` (memory if the decoded split fits in 4 GiB, else no cache),
-            ``True``/``"memory"``, ``False``, or a file path prefix for a disk cache.
+        cache: ``"auto"`` (memory if the decoded split fits in 4 GiB, else on disk under
+            ``cache_dir``, else none, with a warning), ``True``/``"memory"``, ``"disk"``,
+            ``False``, or a file path prefix for a disk cache.
         seed: Shuffle seed.
+        cache_dir: Folder for disk caches (e.g. ``data/<dataset>/cache``); the file name is
+            :func:`cache_key` of the files and size, so another split or size never reads it.
+        dct_scaling: See :func:`decode_resize`.
 
     Returns:
-        ``tf.data.Dataset`` of ``(images, labels)``: ``(batch, size, size, 3)`` float32 in
-        ``[0, 255]`` and ``(batch,)`` int32.
+        ``tf.data.Dataset`` of ``(images, labels)``: ``(batch, size, size, 3)`` uint8 (float32
+        in ``[0, 255]`` when ``augment`` is set) and ``(batch,)`` int32.
 
     Raises:
-        ValueError: If ``files`` is empty or ``labels`` has another length.
+        ValueError: If ``files`` is empty, ``labels`` has another length, or a disk cache is
+            asked for without ``cache_dir``.
     """
     files = [str(f) for f in files]
     labels = np.asarray(labels, dtype=np.int32)
@@ -102,9 +157,18 @@ def make_dataset(
     if len(files) != len(labels):
         raise ValueError(f"{len(files)} files but {len(labels)} labels")
     ds = tf.data.Dataset.from_tensor_slices((files, labels))
-    ds = ds.map(lambda f, y: (decode_resize(f, image_size), y), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda f, y: (decode_resize(f, image_size, dct_scaling), y),
+                num_parallel_calls=AUTOTUNE)
     if cache == "auto":
-        cache = len(files) * image_size * image_size * 3 * 4 <= MEMORY_CACHE_LIMIT_BYTES
+        fits = len(files) * image_size * image_size * 3 <= MEMORY_CACHE_LIMIT_BYTES
+        cache = "memory" if fits else ("disk" if cache_dir else False)
+        if not cache:
+            warnings.warn(f"{len(files)} images at {image_size} px do not fit the memory cache "
+                          f"and no cache_dir was given: every epoch decodes again", stacklevel=2)
+    if cache == "disk":
+        if cache_dir is None:
+            raise ValueError("cache='disk' needs cache_dir (e.g. data/<dataset>/cache)")
+        cache = Path(cache_dir) / cache_key(files, image_size)
     if cache is True or cache == "memory":
         ds = ds.cache()
     elif isinstance(cache, (str, os.PathLike)) and cache:
@@ -125,6 +189,8 @@ def split_dataset(
     training: bool = False,
     hflip: bool = True,
     seed: int = 0,
+    augment: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> tf.data.Dataset:
     """A pipeline over one manifest split (``Manifest.split`` rows).
 
@@ -135,13 +201,16 @@ def split_dataset(
         training: Shuffle and augment (train split) or keep order (val/test).
         hflip: Whether augmentation may flip horizontally.
         seed: Shuffle and augmentation seed.
+        augment: Augment the images; None: when ``training``.
+        cache_dir: Folder for a disk cache when the split does not fit in memory.
 
     Returns:
         See :func:`make_dataset`.
     """
-    augment = augmentation_layers(hflip, seed) if training else None
+    augment = training if augment is None else augment
+    layers = augmentation_layers(hflip, seed) if augment else None
     return make_dataset(rows["file"], rows["label_index"], image_size, batch_size,
-                        shuffle=training, augment=augment, seed=seed)
+                        shuffle=training, augment=layers, seed=seed, cache_dir=cache_dir)
 
 
 def load_image(path: str | os.PathLike, image_size: int | None = None) -> np.ndarray:

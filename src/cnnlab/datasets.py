@@ -1,38 +1,44 @@
-"""Registry of datasets: download, scan, and the split manifest every notebook reuses.
+"""Registry of datasets: download, validate, and the split manifest every notebook reuses.
 
 A manifest is a table with one row per usable image: ``path`` (relative to the dataset root),
-``label``, ``split`` (train/val/test), ``width``, ``height``, ``mode`` and ``bytes``. It is
-written once by notebook 01 to ``data/<dataset>/manifest.csv`` (with ``dataset.json`` beside it)
-and read by every later notebook, so all models see the same split.
+``label``, ``split`` (train/val/test), ``group`` (files that must stay in one split, e.g. the
+views of one product; ``""`` when unknown), ``width``, ``height``, ``mode``, ``bytes``,
+``sha256`` and ``converted`` (an upright RGB copy used instead of the original, relative to the
+manifest folder; ``""`` for most files). It is written once by notebook 01 to
+``data/<dataset>/manifest.csv`` (with ``dataset.json`` and ``validation.csv`` beside it) and
+read by every later notebook, so all models see the same split.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import warnings
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.utils.class_weight import compute_class_weight
 
 from cnnlab.config import ProjectDirs, display_path, project_dirs
 from cnnlab.sample import make_sample_dataset
 from cnnlab.storage import atomic_path, read_json, write_json
+from cnnlab.validate import (
+    IMAGE_SUFFIXES,
+    SPLIT_ALIASES,
+    SPLITS,
+    ValidationReport,
+    class_folders,
+    needs_copy,
+    safe_extract,
+    validate_folder,
+    write_converted,
+)
 
-# Formats that tf.io.decode_image reads (the training pipeline decodes with TensorFlow).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
-}
-SPLITS = ("train", "val", "test")
+__all__ = ["IMAGE_SUFFIXES", "SPLITS", "SPLIT_ALIASES", "DATASETS", "DatasetSpec", "Manifest",
+           "build_manifest", "prepare_dataset", "load_manifest", "fetch_dataset"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,14 @@ class DatasetSpec:
             corner indices would mirror).
         synthetic: True for generated data, which every output must say.
         note: Anything a user must know before using it.
+        classes: Class folders to keep (names as on disk); None keeps every folder.
+        rename: Folder name -> class name (several folders may map to one class).
+        split: ``"stratified"`` (random, stratified by class) or ``"group"`` (whole groups per
+            split, stratified by class; see :func:`build_manifest`) when the dataset has no
+            split folders of its own.
+        prepare: Name of a preparation step in :data:`PREPARERS` that turns the download into
+            a class-per-folder tree (e.g. decoding COCO annotations), or None.
+        class_weights: Whether training should weight classes (imbalanced datasets).
     """
 
     name: str
@@ -59,11 +73,26 @@ class DatasetSpec:
     hflip: bool = True
     synthetic: bool = False
     note: str = ""
+    classes: tuple[str, ...] | None = None
+    rename: dict[str, str] = field(default_factory=dict)
+    split: str = "stratified"
+    prepare: str | None = None
+    class_weights: bool = False
 
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
+        DatasetSpec(
+            "rpc", "Retail Product Checkout (RPC), 17 super-categories of 200 products",
+            "https://www.kaggle.com/datasets/diyer22/retail-product-checkout-dataset "
+            "(Wei et al., RPC: A Large-Scale Retail Product Checkout Dataset, arXiv:1901.07249)",
+            kaggle_handle="diyer22/retail-product-checkout-dataset", license="CC BY-NC-SA 4.0",
+            split="group", prepare="rpc",
+            note="train2019 single-product photos (53,739, 1,800 px); labels decoded from "
+                 "instances_train2019.json; resized once to data/rpc/prepared-<size>/; split by "
+                 "product (SKU) so that views of one product never straddle splits",
+        ),
         DatasetSpec(
             "cards", "Cards Image Dataset-Classification (53 classes)",
             "https://www.kaggle.com/datasets/gpiosenka/cards-image-datasetclassification",
@@ -71,11 +100,23 @@ DATASETS: dict[str, DatasetSpec] = {
             hflip=False, note="own train/valid/test split folders, 224x224 JPEG",
         ),
         DatasetSpec(
-            "vehicles", "Vehicle images (class-per-folder)",
-            "https://zenodo.org/records/6634554 (tiny, low-quality vehicle images) or any "
-            "class-per-folder vehicle set such as car/bus/truck/motorcycle",
+            "weather", "Weather Image Recognition (11 classes)",
+            "https://www.kaggle.com/datasets/jehanbhathena/weather-dataset",
+            kaggle_handle="jehanbhathena/weather-dataset", license="CC BY 4.0 (Harvard Dataverse)",
+            class_weights=True,
+            note="6,862 photos of 11 weather phenomena, imbalanced (rime 1,160, rainbow 232): "
+                 "training uses balanced class weights",
+        ),
+        DatasetSpec(
+            "vehicles", "Vehicles: car, bus, truck, motorcycle",
+            "https://zenodo.org/records/6634554 (tiny, low-quality vehicle images: bike, car, "
+            "juggernaut, minibus, pickup, truck) or any class-per-folder vehicle set",
             license="CC BY 4.0 (Zenodo 6634554)",
-            note="no download: pass --data-dir to a class-per-folder tree",
+            classes=("bike", "car", "minibus", "truck"),
+            rename={"bike": "motorcycle", "minibus": "bus"},
+            note="no download: pass --data-dir to the class-per-folder tree; the course's four "
+                 "classes are selected (bike -> motorcycle, minibus -> bus); --classes all keeps "
+                 "every folder",
         ),
         DatasetSpec(
             "sample", "Synthetic shapes (generated, not real photos)",
@@ -84,7 +125,8 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             "folder", "Any class-per-folder tree", "your own folder (--data-dir)",
-            note="with or without train/val/test split folders",
+            note="with or without train/val/test split folders; files in subfolders of a class "
+                 "folder form a group kept in one split with --split group",
         ),
     )
 }
@@ -108,7 +150,8 @@ def fetch_dataset(
 
     Args:
         name: Dataset registry key (or any name with ``data_dir``).
-        data_dir: A local copy; wins over any download.
+        data_dir: A local copy (folder, or a ``.zip`` extracted safely to
+            ``data/<name>/raw``); wins over any download.
         dirs: Project folders (``sample`` is generated under ``data/sample``).
 
     Returns:
@@ -116,23 +159,32 @@ def fetch_dataset(
 
     Raises:
         FileNotFoundError: If ``data_dir`` does not exist.
-        ValueError: If the dataset has no download and no ``data_dir`` was given.
+        ValueError: If the dataset has no download and no ``data_dir`` was given, or a
+            ``.zip`` given as ``data_dir`` has a member outside its folder (``../evil``).
         RuntimeError: If the Kaggle download fails (the message says what to do).
     """
     dirs = dirs or project_dirs()
     spec = get_dataset_spec(name)
     if data_dir is not None:
         root = Path(data_dir).expanduser()
+        if root.is_file() and root.suffix.lower() == ".zip":
+            target = dirs.data / spec.name / "raw"
+            if not target.is_dir():
+                print(f"extracting {root.name} to {display_path(target)}")
+                safe_extract(root, target)
+            root = target
         if not root.is_dir():
             raise FileNotFoundError(
                 f"data directory {data_dir} does not exist; pass --data-dir with a folder of "
-                f"class subfolders (optionally inside train/valid/test folders)"
+                f"class subfolders (optionally inside train/valid/test folders) or a .zip of one"
             )
-        return _descend_to_data(root.resolve())
+        root = root.resolve()
+        return root if spec.prepare else _descend_to_data(root)
     if spec.name == "sample":
         return make_sample_dataset(dirs.data / "sample" / "raw")
     if spec.kaggle_handle:
-        return _descend_to_data(kaggle_download(spec.kaggle_handle))
+        root = kaggle_download(spec.kaggle_handle)
+        return root if spec.prepare else _descend_to_data(root)
     raise ValueError(
         f"dataset {name!r} has no download; pass --data-dir pointing at a class-per-folder "
         f"tree (source: {spec.source})"
@@ -170,8 +222,11 @@ def kaggle_download(handle: str) -> Path:
             f"could not download Kaggle dataset {handle}: {error}.{hint} Or download it by hand "
             f"from https://www.kaggle.com/datasets/{handle} and pass --data-dir."
         ) from error
-    files = sum(1 for p in path.rglob("*") if p.is_file())
-    print(f"kagglehub: {handle} -> {display_path(path)} ({files} files)")
+    files = [p for p in path.rglob("*") if p.is_file()]
+    version = re.search(r"versions/(\d+)", path.as_posix())
+    images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in files)
+    print(f"kagglehub: {handle}, version {version.group(1) if version else 'unknown'}, cached at "
+          f"{display_path(path)}: {len(files)} files, {images} images")
     return path
 
 
@@ -194,87 +249,6 @@ def _descend_to_data(root: Path) -> Path:
     return root
 
 
-@dataclass(frozen=True)
-class ImageProblem:
-    """A file left out of the manifest, with the reason and the fix."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return (f"{self.path}: {self.reason}; fix or delete it "
-                f"(it is left out of the manifest)")
-
-
-def inspect_image(path: Path) -> dict:
-    """Opens and fully decodes one image with Pillow.
-
-    Args:
-        path: An image file.
-
-    Returns:
-        ``{"width", "height", "mode", "bytes"}`` of the file.
-
-    Raises:
-        ValueError: If the file is empty, not an image, truncated or undecodable; the message
-            names the file.
-    """
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"{path} is empty (0 bytes)")
-    try:
-        with Image.open(path) as image:
-            width, height, mode = image.width, image.height, image.mode
-            image.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # JPEG: fast decode
-            image.load()
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable image ({error})") from error
-    return {"width": width, "height": height, "mode": mode, "bytes": size}
-
-
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith("."))
-
-
-def scan_images(root: Path, folders: Iterable[tuple[str | None, Path]]):
-    """Lists and checks every image below class folders.
-
-    Args:
-        root: Dataset root; stored paths are relative to it.
-        folders: ``(split or None, class_folder)`` pairs.
-
-    Returns:
-        ``(rows, problems, empty)``: one dict per readable image, :class:`ImageProblem` per
-        unreadable or unsupported file, and the class folders with no image.
-    """
-    jobs, problems, empty = [], [], []
-    for split, folder in folders:
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-        usable = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-        for other in sorted(set(files) - set(usable)):
-            problems.append(ImageProblem(
-                display_path(other), f"unsupported file type {other.suffix or '(none)'} "
-                f"(supported: {', '.join(IMAGE_SUFFIXES)})"))
-        if not usable:
-            empty.append(folder)
-        jobs += [(split, folder.name, p) for p in usable]
-
-    def check(job):
-        split, label, path = job
-        try:
-            info = inspect_image(path)
-        except ValueError as error:
-            return None, ImageProblem(display_path(path), str(error).split(" ", 1)[1])
-        return {"path": path.relative_to(root).as_posix(), "label": label, "split": split,
-                **info}, None
-
-    rows = []
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        for row, problem in pool.map(check, jobs):
-            rows.append(row) if row else problems.append(problem)
-    return rows, problems, empty
-
-
 @dataclass
 class Manifest:
     """The split manifest of one dataset.
@@ -282,18 +256,36 @@ class Manifest:
     Attributes:
         dataset: Dataset name.
         root: Folder the ``path`` column is relative to.
-        frame: One row per image: path, label, split, width, height, mode, bytes.
+        frame: One row per usable image (see the module docstring for the columns).
         classes: Class names in label-index order (sorted).
-        problems: Files left out, with reasons.
-        info: Extra facts saved in ``dataset.json`` (seed, split rule, source).
+        findings: What validation found (:meth:`ValidationReport.findings` rows), including
+            the files left out.
+        info: Extra facts saved in ``dataset.json`` (seed, split rule, source, renames).
+        folder: Where the manifest is saved (``data/<dataset>/``); converted copies are
+            relative to it.
     """
 
     dataset: str
     root: Path
     frame: pd.DataFrame
     classes: list[str]
-    problems: list[ImageProblem] = field(default_factory=list)
+    findings: pd.DataFrame = field(default_factory=pd.DataFrame)
     info: dict = field(default_factory=dict)
+    folder: Path | None = None
+
+    @property
+    def excluded(self) -> pd.DataFrame:
+        """Findings about files left out of the manifest."""
+        if self.findings.empty:
+            return self.findings
+        return self.findings[self.findings["action"] == "excluded"].reset_index(drop=True)
+
+    def files(self, rows: pd.DataFrame | None = None) -> list[str]:
+        """Absolute paths the pipeline reads: the converted copy where there is one."""
+        rows = self.frame if rows is None else rows
+        converted = rows["converted"].fillna("") if "converted" in rows else [""] * len(rows)
+        return [str((self.folder or self.root) / c) if c else str(self.root / p)
+                for p, c in zip(rows["path"], converted, strict=True)]
 
     def split(self, name: str, max_per_class: int | None = None, seed: int = 0) -> pd.DataFrame:
         """Rows of split ``name`` with absolute ``file`` and integer ``label_index`` columns.
@@ -311,24 +303,63 @@ class Manifest:
             raise ValueError(f"split {name!r} of {self.dataset} is empty; rebuild the manifest")
         if max_per_class:
             rows = rows.sample(frac=1, random_state=seed).groupby("label").head(max_per_class)
-        rows["file"] = [str(self.root / p) for p in rows["path"]]
+        rows = rows.sort_values("path").reset_index(drop=True)
+        rows["file"] = self.files(rows)
         rows["label_index"] = rows["label"].map({c: i for i, c in enumerate(self.classes)})
-        return rows.sort_values("path").reset_index(drop=True)
+        return rows
 
     def counts(self) -> pd.DataFrame:
         """Images per class (rows) per split (columns)."""
         table = pd.crosstab(self.frame["label"], self.frame["split"])
-        return table.reindex(columns=[s for s in SPLITS if s in table.columns])
+        return table.reindex(columns=[s for s in SPLITS if s in table.columns], fill_value=0)
+
+    def class_weights(self, split: str = "train") -> dict[int, float]:
+        """Balanced class weights, ``n_samples / (n_classes * count)``, for ``fit``.
+
+        The "balanced" heuristic of King & Zeng (2001) as implemented by scikit-learn's
+        ``compute_class_weight``; pass the result as ``class_weight`` to ``keras.Model.fit``.
+
+        Returns:
+            ``{label_index: weight}`` over every class.
+        """
+        labels = self.frame.loc[self.frame["split"] == split, "label"]
+        present = np.array([c for c in self.classes if c in set(labels)])
+        weights = compute_class_weight("balanced", classes=present, y=labels.to_numpy())
+        by_name = dict(zip(present, weights, strict=True))
+        return {i: float(by_name.get(c, 1.0)) for i, c in enumerate(self.classes)}
+
+    def group_leakage(self) -> pd.DataFrame:
+        """How many val/test images share a group (e.g. a product) with a train image.
+
+        Returns:
+            One row per split: ``images``, ``groups``, ``images whose group is in train`` and
+            that share in percent. Empty when the manifest has no groups.
+        """
+        if "group" not in self.frame or not self.frame["group"].fillna("").astype(bool).any():
+            return pd.DataFrame(columns=["split", "images", "groups",
+                                         "images whose group is in train", "share %"])
+        train_groups = set(self.frame.loc[self.frame["split"] == "train", "group"])
+        rows = []
+        for split in [s for s in SPLITS if s in set(self.frame["split"])]:
+            part = self.frame[self.frame["split"] == split]
+            shared = int(part["group"].isin(train_groups).sum()) if split != "train" else len(part)
+            rows.append({"split": split, "images": len(part), "groups": part["group"].nunique(),
+                         "images whose group is in train": shared,
+                         "share %": round(100 * shared / max(len(part), 1), 1)})
+        return pd.DataFrame(rows)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Writes ``manifest.csv`` and ``dataset.json`` to ``folder`` (atomically)."""
+        """Writes ``manifest.csv``, ``dataset.json`` and ``validation.csv`` (atomically)."""
         folder = Path(folder)
         with atomic_path(folder / "manifest.csv") as tmp:
             self.frame.to_csv(tmp, index=False)
+        with atomic_path(folder / "validation.csv") as tmp:
+            self.findings.to_csv(tmp, index=False)
         write_json(folder / "dataset.json", {
             "dataset": self.dataset, "root": str(self.root), "classes": self.classes,
-            "problems": [str(p) for p in self.problems], **self.info,
+            "excluded": len(self.excluded), **self.info,
         })
+        self.folder = folder
         return folder / "manifest.csv"
 
     @classmethod
@@ -344,11 +375,18 @@ class Manifest:
                 f"{display_path(folder / 'manifest.csv')} does not exist; run notebook "
                 f"01_download_eda (or `cnnlab run`) for this dataset first")
         meta = read_json(folder / "dataset.json")
-        frame = pd.read_csv(folder / "manifest.csv")
-        problems = [ImageProblem(*p.split(": ", 1)) for p in meta.pop("problems", [])]
-        info = {k: v for k, v in meta.items() if k not in ("dataset", "root", "classes")}
+        frame = pd.read_csv(folder / "manifest.csv", keep_default_na=False,
+                            dtype={"group": str, "converted": str, "label": str})
+        findings_file = folder / "validation.csv"
+        findings = pd.read_csv(findings_file, keep_default_na=False) \
+            if findings_file.is_file() and findings_file.stat().st_size > 1 else pd.DataFrame()
+        info = {k: v for k, v in meta.items()
+                if k not in ("dataset", "root", "classes", "excluded")}
         return cls(meta["dataset"], Path(meta["root"]), frame, list(meta["classes"]),
-                   problems, info)
+                   findings, info, folder)
+
+
+SPLIT_RULES = ("stratified", "group")
 
 
 def build_manifest(
@@ -357,66 +395,97 @@ def build_manifest(
     seed: int = 42,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    classes: list[str] | tuple[str, ...] | None = None,
+    rename: dict[str, str] | None = None,
+    split: str | None = None,
+    converted_dir: str | os.PathLike | None = None,
+    report: ValidationReport | None = None,
 ) -> Manifest:
-    """Scans a dataset folder and assigns every image to train, val or test.
+    """Validates a dataset folder and assigns every usable image to train, val or test.
 
     A dataset's own split folders (``train``, ``valid``/``val``, ``test``) are kept as they
-    are. Otherwise the split is stratified by class with a fixed seed (scikit-learn
-    ``train_test_split``), so every class keeps its share in each split and the split is
-    reproducible.
+    are. Otherwise, with ``split="stratified"`` the split is random and stratified by class
+    (scikit-learn ``train_test_split``), so every class keeps its share in each split; with
+    ``split="group"`` whole groups go to one split (``StratifiedGroupKFold``: one fold of
+    ``round(1 / test_fraction)`` for test, then one of the rest for val), so that near-duplicate
+    views of one object never straddle train and test. A file's group is the subfolder of its
+    class folder it sits in (``<class>/<group>/<file>``). Both are reproducible from ``seed``.
 
     Args:
         root: Dataset root (class folders, or split folders of class folders).
-        dataset: Name stored in the manifest.
-        seed: Seed of the stratified split.
+        dataset: Registry name; supplies the default ``classes``, ``rename`` and ``split``.
+        seed: Seed of the split.
         val_fraction: Share of images for validation when the dataset has no split folders.
         test_fraction: Share for test, likewise.
+        classes: Class folders to keep (before renaming); None: the registry's choice, or all.
+            ``["all"]`` keeps every folder.
+        rename: Folder name -> class name; None: the registry's map.
+        split: ``"stratified"`` or ``"group"``; None: the registry's choice.
+        converted_dir: Where to write upright RGB copies of EXIF-rotated photos and of formats
+            TensorFlow cannot decode; None leaves those files out instead.
+        report: A validation report of ``root`` already computed (else validation runs).
 
     Returns:
-        The manifest; unreadable files and empty class folders are left out with a warning
-        naming each file.
+        The manifest; validation findings are in ``manifest.findings``.
 
     Raises:
         FileNotFoundError: If ``root`` is missing.
-        ValueError: If no readable image is found, or a class has too few images to split.
+        ValueError: If no usable image is found, ``split`` is unknown, or a class has too few
+            images (or groups) to split.
     """
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} does not exist")
-    split_dirs = {SPLIT_ALIASES[c.name.lower()]: c for c in _class_folders(root)
-                  if c.name.lower() in SPLIT_ALIASES}
-    if split_dirs:
-        folders = [(s, c) for s, d in split_dirs.items() for c in _class_folders(d)]
-        rule = "the dataset's own split folders: " + ", ".join(
-            f"{d.name} -> {s}" for s, d in split_dirs.items())
+    spec = get_dataset_spec(dataset)
+    classes = spec.classes if classes is None else classes
+    classes = None if classes is not None and list(classes) == ["all"] else classes
+    rename = spec.rename if rename is None else rename
+    split = split or spec.split
+    if split not in SPLIT_RULES:
+        raise ValueError(f"split rule {split!r} is unknown; use one of {SPLIT_RULES}")
+    report = report or validate_folder(root, classes)
+    root = report.root
+    rows = report.usable().copy()
+    if converted_dir is None:
+        rows = rows[~rows["problem"].map(needs_copy)]
+        rows["converted"] = ""
     else:
-        folders = [(None, c) for c in _class_folders(root)]
+        rows["converted"] = [_convert(root, Path(converted_dir), path) if needs_copy(problem)
+                             else "" for path, problem in zip(rows["path"], rows["problem"],
+                                                              strict=True)]
+    if rows.empty:
+        raise ValueError(f"no usable images ({', '.join(IMAGE_SUFFIXES)}) in class folders "
+                         f"below {display_path(root)}:\n{report}")
+    rows["label"] = rows["label"].map(lambda name: rename.get(name, name))
+    parts = rows["path"].str.split("/")
+    depth = 3 if rows["split"].notna().any() else 2
+    rows["group"] = [p[depth - 1] if len(p) > depth else "" for p in parts]
+    own_splits = rows["split"].notna().any()
+    if own_splits:
+        rule = "the dataset's own split folders"
+    elif split == "group":
+        rows["split"] = _group_split(rows, seed, val_fraction, test_fraction)
+        rule = (f"group split: every image of a group (subfolder of a class folder) in one "
+                f"split, stratified by class (StratifiedGroupKFold), seed {seed}, "
+                f"val ~{val_fraction:.0%}, test ~{test_fraction:.0%}")
+    else:
+        rows["split"] = _stratified_split(rows["label"], seed, val_fraction, test_fraction)
         rule = (f"stratified random split by class, seed {seed}, "
                 f"val {val_fraction:.0%}, test {test_fraction:.0%}")
-    rows, problems, empty = scan_images(root, folders)
-    for folder in empty:
-        warnings.warn(f"class folder {display_path(folder)} has no images; add images or "
-                      f"remove the folder (it is left out)", stacklevel=2)
-    for problem in problems:
-        warnings.warn(str(problem), stacklevel=2)
-    if not rows:
-        raise ValueError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) in class folders "
-                         f"below {display_path(root)}")
-    frame = pd.DataFrame(rows)
-    if not split_dirs:
-        frame["split"] = _stratified_split(frame["label"], seed, val_fraction, test_fraction)
-    else:
-        train_classes = set(frame.loc[frame["split"] == "train", "label"])
-        for split in set(frame["split"]) - {"train"}:
-            extra = set(frame.loc[frame["split"] == split, "label"]) - train_classes
-            if extra:
-                raise ValueError(f"classes {sorted(extra)} appear in {split} but not in train; "
-                                 f"rename or remove those folders")
-    classes = sorted(frame["label"].unique())
-    frame = frame.sort_values(["split", "label", "path"]).reset_index(drop=True)
-    info = {"seed": seed, "split_rule": rule, "source": get_dataset_spec(dataset).source,
-            "synthetic": get_dataset_spec(dataset).synthetic}
-    return Manifest(dataset, root, frame, classes, problems, info)
+    columns = ["path", "label", "split", "group", "width", "height", "mode", "bytes", "sha256",
+               "converted"]
+    frame = rows[columns].sort_values(["split", "label", "path"]).reset_index(drop=True)
+    info = {"seed": seed, "split_rule": rule, "source": spec.source,
+            "synthetic": spec.synthetic, "rename": dict(rename),
+            "selected_classes": list(classes) if classes else "all",
+            "class_weights": spec.class_weights}
+    return Manifest(dataset, root, frame, sorted(frame["label"].unique()), report.findings(),
+                    info)
+
+
+def _convert(root: Path, converted_dir: Path, path: str) -> str:
+    target = converted_dir / (path + ".png")
+    if not target.is_file():
+        write_converted(root / path, target)
+    parent = converted_dir.parent
+    return target.relative_to(parent).as_posix()
 
 
 def _stratified_split(labels: pd.Series, seed: int, val_fraction: float, test_fraction: float):
@@ -436,20 +505,73 @@ def _stratified_split(labels: pd.Series, seed: int, val_fraction: float, test_fr
     return split
 
 
+def _group_split(rows: pd.DataFrame, seed: int, val_fraction: float, test_fraction: float):
+    groups = rows["group"].where(rows["group"] != "", rows["path"])
+    per_class = groups.groupby(rows["label"]).nunique()
+    if per_class.min() < 3:
+        raise ValueError(f"class {per_class.idxmin()!r} has {per_class.min()} group(s); a group "
+                         f"split needs at least 3 per class (train, val, test); use "
+                         f"--split stratified")
+    split = pd.Series("train", index=rows.index)
+    remaining = rows.index.to_numpy()
+    for name, fraction in (("test", test_fraction), ("val", val_fraction / (1 - test_fraction))):
+        folds = max(2, round(1 / fraction))
+        folds = min(folds, int(groups[remaining].groupby(rows["label"][remaining]).nunique().min()))
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        _, held = next(splitter.split(remaining, rows["label"][remaining], groups[remaining]))
+        split[remaining[held]] = name
+        remaining = np.setdiff1d(remaining, remaining[held])
+    return split
+
+
+def _prepare_rpc(raw_root: Path, out_dir: Path, size: int) -> Path:
+    from cnnlab.rpc import prepare_rpc
+
+    return prepare_rpc(raw_root, out_dir, size)
+
+
+# Steps that turn a download into a class-per-folder tree: (raw root, data/<name>, size) -> root.
+PREPARERS = {"rpc": _prepare_rpc}
+
+
 def prepare_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
     dirs: ProjectDirs | None = None,
     seed: int = 42,
+    classes: list[str] | None = None,
+    rename: dict[str, str] | None = None,
+    split: str | None = None,
+    size: int = 224,
 ) -> Manifest:
-    """Fetches dataset ``name``, builds its manifest and saves it to ``data/<name>/``.
+    """Fetches dataset ``name``, validates it, builds its manifest and saves it.
+
+    Writes ``data/<name>/manifest.csv``, ``dataset.json``, ``validation.csv`` and, where
+    needed, upright RGB copies under ``data/<name>/converted/``. Datasets with a preparation
+    step (RPC) are first turned into a class-per-folder tree under ``data/<name>/``.
+
+    Args:
+        name: Registry key (``folder`` or any other name needs ``data_dir``).
+        data_dir: Local folder or ``.zip``; wins over the download.
+        dirs: Project folders.
+        seed: Split seed.
+        classes: Class folders to keep (see :func:`build_manifest`).
+        rename: Folder -> class renames.
+        split: ``"stratified"`` or ``"group"``.
+        size: Image side of the one-off resize of datasets with a preparation step.
 
     Returns:
         The saved manifest.
     """
     dirs = dirs or project_dirs()
-    manifest = build_manifest(fetch_dataset(name, data_dir, dirs), dataset=name, seed=seed)
-    manifest.save(dirs.data / name)
+    spec = get_dataset_spec(name)
+    root = fetch_dataset(name, data_dir, dirs)
+    out = dirs.data / name
+    if spec.prepare:
+        root = PREPARERS[spec.prepare](root, out, size)
+    manifest = build_manifest(root, dataset=name, seed=seed, classes=classes, rename=rename,
+                              split=split, converted_dir=out / "converted")
+    manifest.save(out)
     return manifest
 
 
@@ -494,14 +616,10 @@ def pick_images(root: str | os.PathLike, count: int, seed: int = 0) -> pd.DataFr
     Returns:
         Rows ``label, file`` (absolute paths), at most ``count``.
     """
-    root = Path(root)
-    split_dirs = [c for c in _class_folders(root) if c.name.lower() in SPLIT_ALIASES]
-    class_dirs = [c for d in split_dirs for c in _class_folders(d)] if split_dirs else \
-        _class_folders(root)
     by_class: dict[str, list[Path]] = {}
-    for folder in class_dirs:
+    for _, folder in class_folders(Path(root)):
         by_class.setdefault(folder.name, []).extend(
-            p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+            p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
     rng = np.random.default_rng(seed)
     pools = {k: list(rng.permutation(v)) for k, v in sorted(by_class.items()) if v}
     rows = []
