@@ -1,7 +1,8 @@
 """The ``cnnlab`` command: thin wrappers over the package.
 
-``cnnlab run`` executes the six notebooks in order; ``cnnlab manifest`` builds a dataset's split
-manifest and reports unreadable files; ``cnnlab list`` prints the registries.
+``cnnlab run`` executes the six notebooks in order; ``cnnlab validate DATA_DIR`` checks every
+file of a dataset folder (``--fix`` moves bad files to a quarantine folder); ``cnnlab manifest``
+builds a dataset's split manifest; ``cnnlab list`` prints the registries.
 """
 
 from __future__ import annotations
@@ -45,10 +46,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="report folder name under reports/")
     run.add_argument("--quiet", action="store_true", help="do not stream notebook output")
 
+    validate = commands.add_parser("validate", help="check every file of a dataset folder")
+    validate.add_argument("data_dir", help="class folders, or train/valid/test of class folders")
+    validate.add_argument("--fix", action="store_true",
+                          help="move excluded files to a quarantine folder (never deletes)")
+    validate.add_argument("--quarantine", help="quarantine folder (default DATA_DIR/.quarantine)")
+    validate.add_argument("--classes", help="comma-separated class folders to check")
+    validate.add_argument("--csv", help="also write the findings to this CSV file")
+
     manifest = commands.add_parser("manifest", help="build and save a dataset's split manifest")
     manifest.add_argument("--dataset", default="sample")
     manifest.add_argument("--data-dir")
     manifest.add_argument("--seed", type=int, default=42)
+    manifest.add_argument("--classes", help="comma-separated class folders to keep ('all': every "
+                          "folder; default: the dataset's selection)")
+    manifest.add_argument("--rename", help="folder=class pairs, comma-separated")
+    manifest.add_argument("--split", choices=("stratified", "group"),
+                          help="split rule when the dataset has no split folders")
+    manifest.add_argument("--size", type=int, default=224,
+                          help="side in pixels of the one-off resize (RPC)")
 
     commands.add_parser("list", help="print datasets, profiles, backbones and custom models")
     return parser
@@ -62,12 +78,18 @@ def main(argv: list[str] | None = None) -> int:
                                 ("backbones", BACKBONES), ("custom models", CUSTOM_MODELS)):
             print(f"{title}: {', '.join(registry)}")
         return 0
+    if args.command == "validate":
+        return _validate(args)
     if args.command == "manifest":
         from cnnlab.datasets import prepare_dataset
 
-        manifest = prepare_dataset(args.dataset, args.data_dir, seed=args.seed)
-        print(manifest.counts().sum().to_string())
-        print(f"{len(manifest.problems)} file(s) left out")
+        rename = dict(pair.split("=", 1) for pair in _csv(args.rename) or [])
+        manifest = prepare_dataset(args.dataset, args.data_dir, seed=args.seed,
+                                   classes=_csv(args.classes), rename=rename or None,
+                                   split=args.split, size=args.size)
+        print(manifest.counts().to_string())
+        print(f"{len(manifest.frame)} images; {len(manifest.excluded)} file(s) left out "
+              f"(see data/{args.dataset}/validation.csv)")
         return 0
     from cnnlab.pipeline import NotebookFailed, run_notebooks
 
@@ -93,6 +115,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnlab run stopped: {error}", file=sys.stderr)
         return 1
     print(timings.to_string(index=False))
+    return 0
+
+
+def _validate(args) -> int:
+    """``cnnlab validate``: prints the report; exit 1 while excluded files remain in place."""
+    from cnnlab.validate import QUARANTINE, validate_folder
+
+    try:
+        report = validate_folder(args.data_dir, _csv(args.classes))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"cnnlab validate: {error}", file=sys.stderr)
+        return 2
+    print(report)
+    print(report.summary().to_string(index=False))
+    if args.csv:
+        print(f"findings written to {report.save(args.csv)}")
+    if report.excluded().empty:
+        return 0
+    if not args.fix:
+        print(f"{len(report.excluded())} file(s) would be left out of a manifest; "
+              f"--fix moves them to a quarantine folder")
+        return 1
+    destination = args.quarantine or report.root / QUARANTINE
+    moved = report.quarantine(destination)
+    print(f"moved {len(moved)} file(s) to {destination} (relative paths kept; nothing deleted)")
     return 0
 
 
