@@ -174,6 +174,10 @@ def test_rpc_coco_labels_group_split_and_leakage(tmp_path, project):
     naive = build_manifest(prepared, "rpc", split="stratified", seed=3)
     naive_leak = naive.group_leakage().set_index("split")["share %"]
     assert naive_leak["test"] > 50  # random split: test products were seen in training
+    resplit = manifest.resplit("stratified").group_leakage().set_index("split")["share %"]
+    assert resplit["test"] > 50 and len(manifest.resplit("group").frame) == count
+    summary = manifest.validation_summary().set_index("problem")["count"]
+    assert summary["ok"] == count
     again = datasets.prepare_dataset("rpc", tmp_path / "download", project, seed=3, size=64)
     pd.testing.assert_frame_equal(again.frame, manifest.frame)  # reproducible, resumable
     with pytest.raises(ValueError, match="not a COCO annotation file"):

@@ -33,6 +33,7 @@ from cnnlab.validate import (
     class_folders,
     needs_copy,
     safe_extract,
+    summarize,
     validate_folder,
     write_converted,
 )
@@ -327,6 +328,34 @@ class Manifest:
         weights = compute_class_weight("balanced", classes=present, y=labels.to_numpy())
         by_name = dict(zip(present, weights, strict=True))
         return {i: float(by_name.get(c, 1.0)) for i, c in enumerate(self.classes)}
+
+    def validation_summary(self) -> pd.DataFrame:
+        """Findings of validation counted per problem (``problem, action, count, fix``)."""
+        noted = set(self.findings["path"]) if not self.findings.empty else set()
+        return summarize(self.findings, int((~self.frame["path"].isin(noted)).sum()))
+
+    def resplit(self, rule: str, seed: int | None = None, val_fraction: float = 0.15,
+                test_fraction: float = 0.15) -> Manifest:
+        """The same images split by another rule (``"stratified"`` or ``"group"``).
+
+        Used to compare a naive random split with a group split (leakage); the manifest's
+        own files are not touched.
+
+        Raises:
+            ValueError: If the rule is unknown or the dataset came with its own split folders.
+        """
+        if rule not in SPLIT_RULES:
+            raise ValueError(f"split rule {rule!r} is unknown; use one of {SPLIT_RULES}")
+        if "own split folders" in self.info.get("split_rule", ""):
+            raise ValueError(f"{self.dataset} has its own split folders; nothing to re-split")
+        seed = self.info.get("seed", 42) if seed is None else seed
+        frame = self.frame.copy()
+        frame["split"] = (_group_split(frame, seed, val_fraction, test_fraction)
+                          if rule == "group" else
+                          _stratified_split(frame["label"], seed, val_fraction, test_fraction))
+        info = {**self.info, "split_rule": f"{rule} (re-split, seed {seed})"}
+        return Manifest(self.dataset, self.root, frame, self.classes, self.findings, info,
+                        self.folder)
 
     def group_leakage(self) -> pd.DataFrame:
         """How many val/test images share a group (e.g. a product) with a train image.

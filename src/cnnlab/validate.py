@@ -205,13 +205,7 @@ class ValidationReport:
 
     def summary(self) -> pd.DataFrame:
         """Counts per problem: ``problem, action, count, fix``, plus an ``ok`` row."""
-        findings = self.findings()
-        table = findings.groupby(["problem", "action"], sort=False).size().rename("count") \
-            .reset_index()
-        table["fix"] = table["problem"].map(lambda c: PROBLEMS[c].fix)
-        ok = pd.DataFrame([{"problem": "ok", "action": "used",
-                            "count": int((self.files["action"] == "ok").sum()), "fix": ""}])
-        return pd.concat([ok, table], ignore_index=True)
+        return summarize(self.findings(), int((self.files["action"] == "ok").sum()))
 
     def __str__(self) -> str:
         files = len(self.files)
@@ -254,6 +248,24 @@ class ValidationReport:
             shutil.move(str(self.root / row.path), target)
             moved.append(target)
         return moved
+
+
+def summarize(findings: pd.DataFrame, ok: int) -> pd.DataFrame:
+    """Counts of :meth:`ValidationReport.findings` per problem, after an ``ok`` row.
+
+    Args:
+        findings: Rows with ``problem`` and ``action`` columns.
+        ok: Files with no finding.
+
+    Returns:
+        ``problem, action, count, fix``.
+    """
+    rows = [{"problem": "ok", "action": "used", "count": ok, "fix": ""}]
+    if not findings.empty:
+        table = findings.groupby(["problem", "action"], sort=False).size().rename("count")
+        rows += [{"problem": p, "action": a, "count": int(n), "fix": PROBLEMS[p].fix}
+                 for (p, a), n in table.items()]
+    return pd.DataFrame(rows)
 
 
 def _normalise(name: str) -> str:
