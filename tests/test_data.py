@@ -85,3 +85,18 @@ def test_disk_cache_is_keyed_by_files_and_size(tmp_path):
     np.testing.assert_array_equal(first, again)
     with pytest.raises(ValueError, match="cache_dir"):
         make_dataset(files, [0, 1, 2], 16, cache="disk")
+
+
+@pytest.mark.parametrize("size,dct", [(224, 1.0), (128, 1.0), (128, 0.85), (64, 1.0)])
+def test_static_jpeg_decoder_matches_the_per_file_one(tmp_path, size, dct):
+    import tensorflow as tf
+
+    from cnnlab.data import decode_resize, make_decoder
+
+    files = [write_image(tmp_path / f"{i}.jpg", size=(224, 224)) for i in range(2)]
+    fixed = make_decoder(size, dct, ["JPEG", "JPEG"], [(224, 224)] * 2)
+    mixed = make_decoder(size, dct, ["JPEG", "PNG"], [(224, 224)] * 2)
+    for path in files:
+        expected = decode_resize(tf.constant(str(path)), size, dct).numpy()
+        np.testing.assert_array_equal(fixed(tf.constant(str(path))).numpy(), expected)
+        np.testing.assert_array_equal(mixed(tf.constant(str(path))).numpy(), expected)

@@ -498,8 +498,9 @@ def build_manifest(
         rows["split"] = _stratified_split(rows["label"], seed, val_fraction, test_fraction)
         rule = (f"stratified random split by class, seed {seed}, "
                 f"val {val_fraction:.0%}, test {test_fraction:.0%}")
-    columns = ["path", "label", "split", "group", "width", "height", "mode", "bytes", "sha256",
-               "converted"]
+    rows["format"] = rows["format"].where(rows["converted"] == "", "PNG")
+    columns = ["path", "label", "split", "group", "width", "height", "mode", "format", "bytes",
+               "sha256", "converted"]
     frame = rows[columns].sort_values(["split", "label", "path"]).reset_index(drop=True)
     info = {"seed": seed, "split_rule": rule, "source": spec.source,
             "synthetic": spec.synthetic, "rename": dict(rename),
