@@ -71,3 +71,55 @@ def test_load_model_errors(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"x")
     with pytest.raises(ValueError, match="not a .keras or .h5"):
         load_model(tmp_path / "model.pt")
+
+
+@pytest.mark.slow
+def test_tflite_export_float_dynamic_and_int8_on_real_images(project, shared_dir, capsys):
+    """Vehicles photos, trained models, the whole test split, through the CLI."""
+    from cnnlab.cli import main
+    from cnnlab.config import get_profile
+    from cnnlab.datasets import prepare_dataset
+    from cnnlab.export import export_deployment
+    from cnnlab.train import TrainingData, fine_tune, train_custom
+
+    manifest = prepare_dataset("vehicles", shared_dir / "datasets" / "vehicles", project)
+    data = TrainingData(manifest, 96, 32, max_train_per_class=40, seed=0)
+    fine_tune("mobilenet_v3_small_075", data, freeze_epochs=4, epochs=0, base_lr=3e-3,
+              weights="local", weights_dir=shared_dir / "weights", dirs=project, verbose=0)
+    name = "vehicles-mobilenet_v3_small_075"
+    assert main(["export", name, "--format", "tflite"]) == 0
+    out = capsys.readouterr().out
+    assert f"{name}.tflite" in out and "test split, 120 images: Keras accuracy" in out
+    path, float32 = export_deployment(name, dirs=project)  # again: the old file is kept
+    assert path == project.models / f"{name}.tflite"
+    assert list((project.models / "previous").glob(f"{name}-*.tflite"))
+    assert float32["images"] == 120 and float32["keras_accuracy"] > 0.5  # chance: 0.25
+    assert float32["tflite_accuracy"] == pytest.approx(float32["keras_accuracy"], abs=0.01)
+    assert float32["agreement"] >= 0.99 and float32["max_abs_diff"] < 1e-3
+    path_dynamic, dynamic = export_deployment(name, quantize="dynamic", dirs=project)
+    assert path_dynamic.name == f"{name}.dynamic.tflite"
+    assert dynamic["tflite_accuracy"] == pytest.approx(dynamic["keras_accuracy"], abs=0.06)
+    # Full int8 on a plain conv/ReLU network (MobileNetV3's hard-swish does not survive it,
+    # tensorflow/models#11274): parity within a few points.
+    profile = get_profile("smoke", custom_image_size=64, batch_size=16, custom_epochs=4,
+                          max_train_per_class=40, learning_rate=3e-3)
+    train_custom("vehicles_cnn_bn", manifest, profile, project, seed=0)
+    path8, int8 = export_deployment("vehicles-vehicles_cnn_bn", quantize="int8", dirs=project,
+                                    calibration_images=64)
+    assert path8.name == "vehicles-vehicles_cnn_bn.int8.tflite"
+    assert int8["tflite_kib"] < 0.5 * (project.models / "vehicles-vehicles_cnn_bn.h5"
+                                       ).stat().st_size / 1024
+    assert int8["tflite_accuracy"] == pytest.approx(int8["keras_accuracy"], abs=0.05)
+    assert int8["agreement"] >= 0.9
+
+
+def test_tflite_export_errors(tmp_path):
+    from cnnlab.export import export_tflite, resolve_model_file
+
+    model = _model("retail_cnn")
+    with pytest.raises(ValueError, match="representative images"):
+        export_tflite(model, tmp_path / "m.tflite", "int8")
+    with pytest.raises(ValueError, match="unknown quantisation"):
+        export_tflite(model, tmp_path / "m.tflite", "int4")
+    with pytest.raises(FileNotFoundError, match="saved models: none"):
+        resolve_model_file("cards-nothing", tmp_path)

@@ -1,15 +1,42 @@
+"""Training: run folders, fine_tune stages, resume after SIGKILL, precision, XLA, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
 import keras
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
-from cnnlab.config import get_profile
+from cnnlab.backbones import build_backbone, fine_tune_boundary
+from cnnlab.config import PROFILES, get_profile, parse_overrides
 from cnnlab.datasets import build_manifest
-from cnnlab.models import build_transfer_model, find_backbone
-from cnnlab.train import set_fine_tune_trainable, train_custom, train_transfer
+from cnnlab.export import load_model
+from cnnlab.models import build_custom_model, build_transfer_model, find_backbone
+from cnnlab.train import (
+    TrainingData,
+    compile_classifier,
+    fine_tune,
+    precision,
+    set_fine_tune_trainable,
+    start_run,
+    train_custom,
+    train_transfer,
+)
 
 TINY = get_profile("smoke", image_size=32, custom_image_size=32, max_train_per_class=6,
                    batch_size=8, custom_epochs=2, freeze_epochs=1, fine_tune_epochs=1)
+BACKBONE = "mobilenet_v3_small_075"
+
+
+def _weights(shared_dir):
+    return shared_dir / "weights" / f"{BACKBONE}_imagenet_notop.weights.h5"
 
 
 def test_train_custom_writes_run_folder_and_models(sample_root, project):
@@ -18,11 +45,14 @@ def test_train_custom_writes_run_folder_and_models(sample_root, project):
     run = result.run.path
     assert run == project.checkpoints / "sample-retail_cnn"
     args = yaml.safe_load((run / "args.yaml").read_text())
-    assert args["epochs"] == 2 and args["keras"] == keras.__version__
+    assert args["epochs"] == 2 and args["keras"] == keras.__version__ and args["seed"] == 42
+    assert set(args["manifest"]) == {"train", "val"} and args["weights"] == "none (custom CNN)"
     history = pd.read_csv(run / "history.csv")
     assert history["epoch"].tolist() == [0, 1]
-    assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(history.columns)
+    assert {"accuracy", "loss", "val_accuracy", "val_loss", "seconds"} <= set(history.columns)
     assert (run / "best.weights.h5").is_file() and (run / "last.weights.h5").is_file()
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"
+    assert not (run / "backup").exists()
     for suffix in (".keras", ".h5", ".json"):
         assert (project.models / f"sample-retail_cnn{suffix}").is_file()
     # A second run starts a new folder and keeps the old one, whole, beside it.
@@ -32,28 +62,73 @@ def test_train_custom_writes_run_folder_and_models(sample_root, project):
     assert len(kept) == 1 and (kept[0] / "best.weights.h5").is_file()
 
 
-def test_fine_tune_keeps_bn_statistics_and_early_layers(sample_root, project, shared_dir):
+def test_train_transfer_runs_both_stages_on_cached_features(sample_root, project, shared_dir):
     manifest = build_manifest(sample_root, "sample")
-    result = train_transfer("mobilenet_v3_small_075", manifest, TINY, "local",
-                            shared_dir / "weights", project)
+    result = train_transfer(BACKBONE, manifest, TINY, "local", shared_dir / "weights", project)
     assert result.weights.startswith("imagenet (local file")
     assert result.history["epoch"].tolist() == [0, 1]
-    assert "imagenet (local file" in yaml.safe_load(result.run.args.read_text())["weights"]
+    assert result.stage_boundary == 1 and result.feature_cache
+    args = yaml.safe_load(result.run.args.read_text())
+    assert "imagenet (local file" in args["weights"] and args["pretrained"] is True
+    assert json.loads(result.run.state.read_text())["completed"] == ["frozen", "fine_tune"]
+    assert list((project.data / "sample" / "features").glob(f"{BACKBONE}-32px-*/train-*.npz"))
+
+
+def test_fine_tune_trains_above_the_boundary_only_and_keeps_bn_statistics(
+        sample_root, project, shared_dir):
+    data = TrainingData(build_manifest(sample_root, "sample"), 32, 8, seed=5)
+    model = build_transfer_model(BACKBONE, data.num_classes, 32, str(_weights(shared_dir)))
+    backbone = find_backbone(model)
+    before = {layer.name: [np.array(w) for w in layer.weights] for layer in backbone.layers}
+    head_before = [np.array(w) for w in model.get_layer("head").weights]
+    result = fine_tune(model, data, freeze_epochs=1, epochs=2, base_lr=1e-2, dirs=project,
+                       save=False, verbose=0)
+    boundary = fine_tune_boundary(backbone)
+    changed = {layer.name: any(not np.array_equal(a, np.array(b))
+                               for a, b in zip(before[layer.name], layer.weights))
+               for layer in backbone.layers if layer.weights}
+    below = [backbone.layers[i].name for i in range(boundary) if backbone.layers[i].weights]
+    above = [layer.name for layer in backbone.layers[boundary:]
+             if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    bn = [layer.name for layer in backbone.layers
+          if isinstance(layer, keras.layers.BatchNormalization)]
+    assert below and above and bn
+    assert not any(changed[name] for name in below)  # frozen below the boundary
+    assert all(changed[name] for name in above)  # every conv above it was trained
+    assert not any(changed[name] for name in bn)  # gamma, beta, moving mean and variance
+    assert any(not np.array_equal(a, np.array(b))
+               for a, b in zip(head_before, model.get_layer("head").weights))
+    assert len(result.history) == 3 and result.stage_boundary == 1
+
+
+@pytest.mark.parametrize("name,first_trainable", [
+    ("vgg16", "block5_conv1"),  # Keras guide / course recipe: the last conv block
+    ("efficientnet_b0", "block6a_expand_conv"),  # whole blocks: 6 and 7, then the top
+    ("mobilenet_v3_small_075", "expanded_conv_9_expand"),
+])
+def test_registry_boundaries_unfreeze_whole_blocks(name, first_trainable):
+    backbone = build_backbone(name, 32, "none")
+    assert backbone.layers[fine_tune_boundary(backbone)].name == first_trainable
+
+
+def test_inception_v3_unfreezes_the_top_two_inception_blocks():
+    backbone = build_backbone("inception_v3", 75, "none")
+    # "we will freeze the first 249 layers and unfreeze the rest" (Keras applications docs,
+    # fine-tuning InceptionV3): everything after mixed8, i.e. blocks mixed9 and mixed10.
+    assert fine_tune_boundary(backbone) == 249
+    names = [layer.name for layer in backbone.layers[249:]]
+    assert "mixed9" in names and "mixed10" in names and "mixed8" not in names
 
 
 def test_set_fine_tune_trainable_freezes_bn_and_lower_layers(shared_dir):
-    weights = shared_dir / "weights" / "mobilenet_v3_small_075_imagenet_notop.weights.h5"
-    model = build_transfer_model("mobilenet_v3_small_075", 3, 32, str(weights))
+    model = build_transfer_model(BACKBONE, 3, 32, str(_weights(shared_dir)))
     backbone = find_backbone(model)
     set_fine_tune_trainable(model)
     bn = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bn and not any(layer.trainable for layer in bn)
     assert not backbone.layers[10].trainable and backbone.layers[-3].trainable
-    moving = [np.asarray(w).copy() for layer in bn for w in layer.non_trainable_weights]
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(np.random.uniform(0, 255, (8, 32, 32, 3)), np.arange(8) % 3, epochs=1, verbose=0)
-    after = [np.asarray(w) for layer in bn for w in layer.non_trainable_weights]
-    assert all(np.array_equal(a, b) for a, b in zip(moving, after))
+    set_fine_tune_trainable(model, train_bn=True)
+    assert bn[-1].trainable and not bn[0].trainable  # above the boundary only
 
 
 def test_random_init_backbone_is_trained_from_scratch(sample_root, project):
@@ -61,4 +136,144 @@ def test_random_init_backbone_is_trained_from_scratch(sample_root, project):
     result = train_transfer("mobilenet_v3_small", manifest, TINY, "none", None, project)
     assert result.stage_boundary is None and result.weights == "none (random init)"
     assert len(result.history) == TINY.freeze_epochs + TINY.fine_tune_epochs
-    assert find_backbone(result.model).trainable
+    assert find_backbone(result.model).trainable and not result.feature_cache
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_in_stage_2_continues_from_the_last_epoch(
+        sample_root, project, shared_dir):
+    build_manifest(sample_root, "sample").save(project.data / "sample")
+    command = [sys.executable, "-m", "cnnlab.cli", "train", BACKBONE, "--dataset", "sample",
+               "--profile", "smoke", "--set", "image_size=32", "--set", "batch_size=2",
+               "--set", "freeze_epochs=2", "--set", "fine_tune_epochs=4", "--weights",
+               "local", "--weights-dir", str(shared_dir / "weights")]
+    env = {**os.environ, "CNNLAB_ROOT": str(project.root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    run = project.checkpoints / f"sample-{BACKBONE}"
+    backup = run / "backup" / "fine_tune" / "training_metadata.json"
+    log = project.root / "first.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=env, cwd=project.root, stdout=out,
+                                   stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not backup.is_file() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # into the next epoch
+        process.kill()  # SIGKILL: no handler runs, nothing gets flushed
+        process.wait()
+    assert backup.is_file(), log.read_text()[-3000:]
+    resumed_at = json.loads(backup.read_text())["epoch"]
+    before = pd.read_csv(run / "history.csv")
+    assert 3 <= resumed_at < 6 and json.loads((run / "state.json").read_text())["status"] \
+        == "running"
+    second = subprocess.run(command, env=env, cwd=project.root, capture_output=True, text=True)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-3000:]
+    assert "resuming the interrupted run" in out
+    assert "stage 1 finished in an earlier run" in out and "cached" not in out
+    assert f"fine_tune: resuming after epoch {resumed_at} of 6" in out
+    after = pd.read_csv(run / "history.csv")
+    assert after["epoch"].tolist() == list(range(6))  # same final count, no repeated row
+    pd.testing.assert_frame_equal(after.iloc[:resumed_at], before.iloc[:resumed_at])
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"
+    assert not [p.name for p in project.models.iterdir() if p.name.startswith(".")]
+    assert load_model(project.models / f"sample-{BACKBONE}.keras").output.shape[-1] == 4
+
+
+def test_interrupted_run_with_other_settings_is_not_resumed(tmp_path, capsys):
+    run = start_run(tmp_path, "cards-x", {"epochs": 3, "seed": 1})
+    assert run.is_interrupted
+    again = start_run(tmp_path, "cards-x", {"epochs": 3, "seed": 1})
+    assert again.path == run.path and "resuming" in capsys.readouterr().out
+    start_run(tmp_path, "cards-x", {"epochs": 5, "seed": 1})
+    assert "other settings (epochs)" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("cards-x.*"))) == 1
+
+
+@pytest.mark.parametrize("policy,compute", [("mixed_bfloat16", "bfloat16"),
+                                            ("mixed_float16", "float16")])
+def test_mixed_precision_trains_with_a_float32_softmax(policy, compute):
+    with precision(policy):
+        model = build_custom_model("vehicles_cnn_bn", 32, 3)
+        transfer = build_transfer_model("mobilenet_v3_small", 3, 32, "none")
+    assert keras.config.dtype_policy().name == "float32"  # restored afterwards
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.compute_dtype == compute and conv.kernel.dtype == "float32"
+    assert model.output.dtype == "float32" and transfer.output.dtype == "float32"
+    compile_classifier(model, 1e-3)
+    if policy == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    history = model.fit(x, np.arange(16) % 3, batch_size=8, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert model.predict(x[:2], verbose=0).dtype == np.float32
+
+
+def test_unknown_precision_policy_is_refused():
+    with pytest.raises(ValueError, match="unknown mixed precision policy 'float8'"):
+        with precision("float8"):
+            pass
+
+
+def test_xla_jit_compiled_train_step_runs_on_cpu():
+    model = compile_classifier(build_custom_model("retail_cnn", 32, 3), 1e-3, jit_compile=True)
+    assert model.jit_compile
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    history = model.fit(x, np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_profiles_turn_mixed_precision_and_xla_on_for_gpu_only():
+    assert PROFILES["gpu"].mixed_precision == "mixed_float16" and PROFILES["gpu"].jit_compile
+    for name in ("cpu", "smoke"):
+        assert PROFILES[name].mixed_precision is None and not PROFILES[name].jit_compile
+    assert parse_overrides(["mixed_precision=mixed_bfloat16", "batch_size=4",
+                            "cache_features=false", "jit_compile=auto"]) == {
+        "mixed_precision": "mixed_bfloat16", "batch_size": 4, "cache_features": False,
+        "jit_compile": "auto"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["epochs=3"])
+    with pytest.raises(ValueError, match="bad value"):
+        parse_overrides(["batch_size=many"])
+
+
+def test_same_seed_gives_same_split_and_same_initial_weights(sample_root):
+    first, second = build_manifest(sample_root, "sample", seed=7), build_manifest(
+        sample_root, "sample", seed=7)
+    pd.testing.assert_frame_equal(first.frame, second.frame)
+    rows = [TrainingData(first, 32, seed=7, max_train_per_class=4).train_rows["path"].tolist()
+            for _ in range(2)]
+    assert rows[0] == rows[1]
+    weights = []
+    for seed in (7, 7, 8):
+        keras.utils.set_random_seed(seed)
+        weights.append(build_custom_model("vehicles_cnn_bn", 32, 4).get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(weights[0], weights[1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(weights[0], weights[2]))
+
+
+DETERMINISM_SCRIPT = """
+import json, sys
+from cnnlab.config import get_profile, project_dirs
+from cnnlab.datasets import build_manifest
+from cnnlab.train import train_custom
+dirs = project_dirs(sys.argv[2])
+profile = get_profile("smoke", custom_image_size=32, batch_size=8, custom_epochs=2,
+                      max_train_per_class=8, deterministic=True)
+manifest = build_manifest(sys.argv[1], "sample")
+runs = [train_custom("vehicles_cnn_bn", manifest, profile, dirs, seed).history
+        .drop(columns="seconds").to_dict("list") for seed in (3, 3, 4)]
+print("RESULT" + json.dumps(runs))
+"""
+
+
+@pytest.mark.slow
+def test_op_determinism_gives_the_same_metrics_on_cpu(sample_root, tmp_path):
+    """enable_op_determinism is process-wide, so the runs happen in a fresh process."""
+    (tmp_path / "notebooks").mkdir()
+    result = subprocess.run([sys.executable, "-c", DETERMINISM_SCRIPT, str(sample_root),
+                             str(tmp_path)], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.split("RESULT", 1)[1])
+    assert runs[0] == runs[1]  # same seed: identical losses and accuracies, every epoch
+    assert runs[0]["loss"] != runs[2]["loss"]  # another seed: another run

@@ -14,6 +14,7 @@ import sys
 from cnnlab.backbones import BACKBONES, WEIGHTS_MODES
 from cnnlab.config import PROFILES
 from cnnlab.datasets import DATASETS
+from cnnlab.distribute import STRATEGIES
 from cnnlab.models import CUSTOM_MODELS
 
 
@@ -45,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--only", help="run only these notebooks, e.g. 01,02")
     run.add_argument("--run-id", help="report folder name under reports/")
     run.add_argument("--quiet", action="store_true", help="do not stream notebook output")
+    run.add_argument("--strategy", choices=sorted(STRATEGIES),
+                     help="tf.distribute strategy of notebooks 02/03 (default: the profile's)")
 
     validate = commands.add_parser("validate", help="check every file of a dataset folder")
     validate.add_argument("data_dir", help="class folders, or train/valid/test of class folders")
@@ -66,6 +69,37 @@ def _parser() -> argparse.ArgumentParser:
     manifest.add_argument("--size", type=int, default=224,
                           help="side in pixels of the one-off resize (RPC)")
 
+    train = commands.add_parser("train", help="train one model (resumable: run it again "
+                                "after an interruption to continue)")
+    train.add_argument("model", help=f"custom CNN ({', '.join(CUSTOM_MODELS)}) or backbone "
+                       f"({', '.join(BACKBONES)})")
+    train.add_argument("--dataset", default="sample")
+    train.add_argument("--data-dir", help="dataset folder (used if data/<dataset>/manifest.csv "
+                       "does not exist yet)")
+    train.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                       help="override a profile field, e.g. --set freeze_epochs=2 (repeatable)")
+    train.add_argument("--weights", default="imagenet",
+                       help=f"backbone weights: {', '.join(WEIGHTS_MODES)} or a .weights.h5 path")
+    train.add_argument("--weights-dir", help="folder of <backbone>_imagenet_notop.weights.h5")
+    train.add_argument("--strategy", choices=sorted(STRATEGIES),
+                       help="tf.distribute strategy (default: the profile's; multiworker "
+                       "reads TF_CONFIG)")
+    train.add_argument("--cpu-devices", type=int,
+                       help="split the CPU into N logical devices (to try --strategy mirrored)")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--deterministic", action="store_true",
+                       help="enable_op_determinism: same seed, same metrics")
+
+    export = commands.add_parser("export", help="convert a saved model (TFLite) and compare its "
+                                 "test accuracy with the Keras model")
+    export.add_argument("model", help="model file, or name in models/ (e.g. cards-retail_cnn)")
+    export.add_argument("--format", default="tflite", choices=("tflite",))
+    export.add_argument("--quantize", default="none", choices=("none", "dynamic", "int8"),
+                        help="dynamic: int8 weights; int8: weights and activations, calibrated "
+                        "on training images (post-training quantisation)")
+    export.add_argument("--calibration-images", type=int, default=200)
+
     commands.add_parser("list", help="print datasets, profiles, backbones and custom models")
     return parser
 
@@ -80,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "validate":
         return _validate(args)
+    if args.command == "train":
+        return _train(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "manifest":
         from cnnlab.datasets import prepare_dataset
 
@@ -108,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "segment_data_dir": args.segment_data_dir, "images_dir": args.images_dir,
         "model_name": args.model_name,
     }
+    if args.strategy:  # only notebooks 02/03 have this parameter
+        parameters["strategy"] = args.strategy
     try:
         timings = run_notebooks(parameters, run_id=args.run_id, only=_csv(args.only),
                                 log_output=not args.quiet)
@@ -140,6 +180,65 @@ def _validate(args) -> int:
     destination = args.quarantine or report.root / QUARANTINE
     moved = report.quarantine(destination)
     print(f"moved {len(moved)} file(s) to {destination} (relative paths kept; nothing deleted)")
+    return 0
+
+
+def _train(args) -> int:
+    """``cnnlab train``: one model, resumable; the same command continues a killed run."""
+    import os
+
+    from cnnlab import distribute
+    from cnnlab.config import get_profile, parse_overrides, project_dirs
+    from cnnlab.datasets import load_manifest, prepare_dataset
+    from cnnlab.train import train_custom, train_transfer
+
+    if args.cpu_devices:
+        os.environ[distribute.CPU_DEVICES_ENV] = str(args.cpu_devices)
+    try:
+        profile = get_profile(args.profile, **parse_overrides(args.overrides))
+    except ValueError as error:
+        print(f"cnnlab train: {error}", file=sys.stderr)
+        return 2
+    if args.deterministic:
+        profile = profile.replace(deterministic=True)
+    # Create the strategy before any other TensorFlow work (multi-worker needs it first).
+    strategy = distribute.make_strategy(args.strategy or profile.strategy)
+    dirs = project_dirs()
+    if (dirs.data / args.dataset / "manifest.csv").is_file():
+        manifest = load_manifest(args.dataset, dirs)
+    else:
+        manifest = prepare_dataset(args.dataset, args.data_dir, dirs, seed=args.seed)
+    if args.model in CUSTOM_MODELS:
+        result = train_custom(args.model, manifest, profile, dirs, args.seed, strategy=strategy)
+    elif args.model in BACKBONES:
+        result = train_transfer(args.model, manifest, profile, args.weights, args.weights_dir,
+                                dirs, args.seed, strategy=strategy)
+    else:
+        print(f"cnnlab train: unknown model {args.model!r}; choose one of "
+              f"{', '.join([*CUSTOM_MODELS, *BACKBONES])}", file=sys.stderr)
+        return 2
+    print(result.history.to_string(index=False))
+    print(f"run folder: checkpoints/{result.run.name}; best val accuracy "
+          f"{result.history['val_accuracy'].max():.4f}")
+    return 0
+
+
+def _export(args) -> int:
+    """``cnnlab export``: TFLite file beside the model, accuracy vs Keras on the test split."""
+    from cnnlab.export import export_deployment
+
+    try:
+        path, report = export_deployment(args.model, args.format, args.quantize,
+                                         calibration_images=args.calibration_images)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"cnnlab export: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({report['tflite_kib']} KiB)")
+    print(f"test split, {report['images']} images: Keras accuracy "
+          f"{report['keras_accuracy']:.4f}, TFLite ({args.quantize}) accuracy "
+          f"{report['tflite_accuracy']:.4f}; same top-1 on {report['agreement']:.1%}, largest "
+          f"probability difference {report['max_abs_diff']:.4f} (LiteRT {report['runtime']} "
+          f"kernels)")
     return 0
 
 

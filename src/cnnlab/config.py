@@ -96,6 +96,19 @@ class Profile:
         backbones: Backbones fine-tuned in notebook 03 (keys of ``backbones.BACKBONES``).
         max_train_per_class: Cap on training images per class (None: all), for quick runs.
         segment_images: Images segmented in notebook 04.
+        mixed_precision: Keras dtype policy for training: ``"mixed_float16"`` (GPUs with
+            tensor cores: float16 compute, float32 variables, loss scaling), ``"mixed_bfloat16"``
+            (TPUs, and CPUs with AVX512-BF16/AMX) or None for float32. Outputs stay float32
+            softmax either way (https://keras.io/api/mixed_precision/).
+        jit_compile: Compile the train step with XLA (``True``, ``False`` or ``"auto"``, which
+            Keras turns off on CPU-only machines). Off on CPU, where it does not pay off.
+        strategy: ``tf.distribute`` strategy, a key of ``distribute.STRATEGIES``
+            (``auto``: TPU if present, several GPUs mirrored, else one device).
+        cache_features: Train the head of a frozen pretrained backbone on cached backbone
+            features (``data/<dataset>/features/``) instead of live images. The cached
+            features come from un-augmented images, so stage 1 then runs without augmentation.
+        deterministic: Make every op deterministic (``enable_op_determinism``): same seed, same
+            metrics on CPU, at some cost in speed.
     """
 
     name: str
@@ -111,6 +124,11 @@ class Profile:
     backbones: tuple[str, ...] = ("mobilenet_v3_small_075",)
     max_train_per_class: int | None = None
     segment_images: int = 6
+    mixed_precision: str | None = None
+    jit_compile: bool | str = False
+    strategy: str = "auto"
+    cache_features: bool = True
+    deterministic: bool = False
     extras: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> Profile:
@@ -139,6 +157,7 @@ PROFILES: dict[str, Profile] = {
         custom_models=("retail_cnn", "vehicles_cnn_bn"),
         backbones=("inception_v3", "vgg16", "mobilenet_v3_small", "mobilenet_v3_small_075",
                    "mobilenet_v3_large", "efficientnet_b0", "densenet121"),
+        mixed_precision="mixed_float16", jit_compile=True,
     ),
 }
 
@@ -152,6 +171,57 @@ def get_profile(name: str, **overrides) -> Profile:
     if name not in PROFILES:
         raise KeyError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return PROFILES[name].replace(**overrides)
+
+
+def parse_overrides(pairs: list[str] | None, base: Profile | None = None) -> dict:
+    """Parses ``KEY=VALUE`` profile overrides from the command line into typed values.
+
+    Values take the type of the field: ``int``, ``float``, ``bool`` (``true``/``false``/``1``/
+    ``0``), comma-separated tuples, and ``none`` for None where the field allows it.
+
+    Args:
+        pairs: Strings such as ``["batch_size=8", "mixed_precision=mixed_bfloat16"]``.
+        base: Profile whose current values give the types (default: ``smoke``).
+
+    Returns:
+        ``{field: value}`` for :meth:`Profile.replace`.
+
+    Raises:
+        ValueError: If a pair has no ``=``, names no field of :class:`Profile`, or has a value
+            of the wrong type; the message names the pair and the known fields.
+    """
+    base = base or PROFILES["smoke"]
+    fields = {f.name: f for f in dataclasses.fields(Profile) if f.name not in ("name", "extras")}
+    parsed = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(f"bad profile override {pair!r}: use KEY=VALUE with KEY one of "
+                             f"{', '.join(fields)}")
+        current, annotation = getattr(base, key), str(fields[key].type)
+        text = text.strip()
+        try:
+            if text.lower() == "none" and "None" in annotation:
+                value = None
+            elif isinstance(current, tuple):
+                value = tuple(part.strip() for part in text.split(",") if part.strip())
+            elif "str" in annotation and text.lower() not in ("true", "false"):
+                value = text
+            elif isinstance(current, bool) or annotation.startswith("bool"):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError("expected true or false")
+                value = text.lower() in ("true", "1")
+            elif isinstance(current, float):
+                value = float(text)
+            elif isinstance(current, int) or annotation.startswith("int"):
+                value = int(text)
+            else:
+                value = text
+        except ValueError as error:
+            raise ValueError(f"bad value in profile override {pair!r}: {error}") from None
+        parsed[key] = value
+    return parsed
 
 
 def display_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Saving and loading models: ``.keras`` and ``.h5`` side by side, with a JSON sidecar.
+"""Saving, loading and exporting models: ``.keras`` and ``.h5`` with a JSON sidecar; TFLite.
 
 ``models/<name>.keras`` is the native Keras 3 format; ``models/<name>.h5`` is the legacy HDF5
 format the course projects deployed. ``models/<name>.json`` records what a deployed model needs
@@ -9,15 +9,28 @@ legacy HDF5 config as ``Add``/``Multiply`` nodes with a Python float as second i
 cannot read them back ("Only input tensors may be passed as positional arguments").
 :data:`H5_CUSTOM_OBJECTS` maps those two names to merge layers that also accept a scalar
 operand, which :func:`load_model` passes for every ``.h5`` file.
+
+:func:`export_tflite` converts a model for phones and microcontrollers (LiteRT, formerly
+TensorFlow Lite): float32; ``dynamic`` (int8 weights, float activations); or ``int8``, full
+integer post-training quantisation calibrated on a representative dataset
+(https://ai.google.dev/edge/litert/models/post_training_quantization).
+:func:`compare_tflite` measures the exported model against the Keras model on a split, since
+quantisation can cost accuracy: MobileNetV3 in particular loses much of it under full int8
+post-training quantisation (its hard-swish and squeeze-excite activations, reported in
+tensorflow/models#11274); ``dynamic`` keeps it and still stores int8 weights.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import ops
 
 import cnnlab.backbones  # noqa: F401  (registers BackbonePreprocessing for deserialisation)
@@ -140,3 +153,241 @@ def list_models(models_dir: str | os.PathLike, prefix: str = "", suffix: str = "
     """Model files in ``models_dir`` whose name starts with ``prefix`` (sorted)."""
     return sorted(p for p in Path(models_dir).glob(f"{prefix}*{suffix}") if p.is_file()
                   and not p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------- TFLite
+
+TFLITE_QUANTIZATIONS = ("none", "dynamic", "int8")
+CALIBRATION_IMAGES = 200
+
+
+def tflite_path(keras_path: str | os.PathLike, quantize: str = "none") -> Path:
+    """Where :func:`export_tflite` puts a model: ``<name>.tflite``, ``<name>.int8.tflite``..."""
+    keras_path = Path(keras_path)
+    suffix = ".tflite" if quantize == "none" else f".{quantize}.tflite"
+    return keras_path.with_name(keras_path.stem + suffix)
+
+
+def export_tflite(
+    model: keras.Model,
+    path: str | os.PathLike,
+    quantize: str = "none",
+    representative: Iterable[np.ndarray] | None = None,
+) -> Path:
+    """Converts a Keras model to a TFLite flatbuffer (float32 or int8).
+
+    The model is exported as a SavedModel (``model.export``, Keras 3) and converted with
+    ``tf.lite.TFLiteConverter.from_saved_model``, which behaves the same in Keras 3.13 and
+    3.15. ``quantize="dynamic"`` stores weights as int8 and computes in float
+    (dynamic-range quantisation, no calibration). ``quantize="int8"`` makes weights and
+    activations int8 (full-integer post-training quantisation, ``TFLITE_BUILTINS_INT8``
+    ops), calibrated on ``representative`` images; input and output stay float32 (raw RGB
+    in, probabilities out), so a caller needs no scale or zero point. The file is written to
+    a temporary name and renamed; an existing file is moved to ``previous/``.
+
+    Args:
+        model: A model taking ``(batch, h, w, 3)`` RGB in ``[0, 255]``.
+        path: Destination ``.tflite`` file.
+        quantize: ``"none"``, ``"dynamic"`` or ``"int8"``.
+        representative: For int8: batches of ``(batch, h, w, 3)`` images, typically a few
+            hundred training images (un-augmented).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: On an unknown ``quantize``, or int8 without ``representative``.
+    """
+    import tensorflow as tf
+
+    if quantize not in TFLITE_QUANTIZATIONS:
+        raise ValueError(f"unknown quantisation {quantize!r}; choose one of "
+                         f"{TFLITE_QUANTIZATIONS}")
+    if quantize == "int8" and representative is None:
+        raise ValueError("int8 quantisation needs representative images (a few hundred "
+                         "training images) to calibrate activation ranges")
+    path = Path(path)
+    folder = Path(tempfile.mkdtemp(prefix="cnnlab-savedmodel-"))
+    try:
+        model.export(str(folder / "model"), format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / "model"))
+        if quantize == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "int8":
+            def calibration():
+                for batch in representative:
+                    for image in np.asarray(batch, dtype=np.float32):
+                        yield [image[None]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = calibration
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        flatbuffer = converter.convert()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    moved = keep_previous(path)
+    if moved is not None:
+        print(f"kept the previous {path.name} as previous/{moved.name}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(flatbuffer)
+    return path
+
+
+def tflite_interpreter(path: str | os.PathLike):
+    """A LiteRT interpreter for ``path`` with tensors allocated, and which kernels it uses.
+
+    The XNNPACK delegate (LiteRT's default on CPU) refuses some int8 graphs whose
+    quantisation scales fall outside the ranges it supports ("failed to create XNNPACK
+    runtime ... failed to prepare"); those run on LiteRT's built-in reference kernels.
+
+    Returns:
+        ``(interpreter, "xnnpack" | "builtin")``.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    try:
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+        return interpreter, "xnnpack"
+    except RuntimeError as error:
+        if "XNNPACK" not in str(error):
+            raise
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    return interpreter, "builtin"
+
+
+def tflite_predict(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
+    """Runs a TFLite classifier with the LiteRT interpreter (``ai_edge_litert``).
+
+    One image per ``invoke`` at the input shape the converter wrote (batch 1), as on a
+    device.
+
+    Args:
+        path: ``.tflite`` file from :func:`export_tflite`.
+        images: ``(n, h, w, 3)`` RGB in ``[0, 255]``.
+
+    Returns:
+        ``(n, classes)`` float32 probabilities.
+    """
+    interpreter, _ = tflite_interpreter(path)
+    source = interpreter.get_input_details()[0]
+    target = interpreter.get_output_details()[0]
+    outputs = []
+    for image in np.asarray(images, dtype=np.float32):
+        interpreter.set_tensor(source["index"], image[None])
+        interpreter.invoke()
+        outputs.append(np.array(interpreter.get_tensor(target["index"])[0], dtype=np.float32))
+    return np.stack(outputs)
+
+
+def compare_tflite(model: keras.Model, path: str | os.PathLike, images: np.ndarray,
+                   labels: np.ndarray) -> dict:
+    """Accuracy of the Keras model and its TFLite export on the same images.
+
+    Args:
+        model: The Keras model.
+        path: Its ``.tflite`` export.
+        images: ``(n, h, w, 3)`` RGB in ``[0, 255]`` (e.g. the whole test split).
+        labels: ``(n,)`` integer classes.
+
+    Returns:
+        ``{"images", "runtime" (LiteRT kernels: xnnpack or builtin), "keras_accuracy",
+        "tflite_accuracy", "agreement" (share of identical top-1 predictions),
+        "max_abs_diff" (largest probability difference), "tflite_kib"}``.
+    """
+    labels = np.asarray(labels)
+    expected = model.predict(np.asarray(images, dtype=np.float32), verbose=0)
+    got = tflite_predict(path, images)
+    return {"images": int(len(labels)), "runtime": tflite_interpreter(path)[1],
+            "keras_accuracy": float(np.mean(expected.argmax(1) == labels)),
+            "tflite_accuracy": float(np.mean(got.argmax(1) == labels)),
+            "agreement": float(np.mean(expected.argmax(1) == got.argmax(1))),
+            "max_abs_diff": float(np.abs(expected - got).max()),
+            "tflite_kib": round(Path(path).stat().st_size / 1024, 1)}
+
+
+def split_images(manifest, split: str, image_size: int, limit: int | None = None,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images and labels of a manifest split, as the training pipeline resizes them.
+
+    Args:
+        manifest: A ``datasets.Manifest``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        image_size: Side in pixels.
+        limit: Keep a seeded random sample of this many images (None: all).
+        seed: Seed of that sample.
+
+    Returns:
+        ``(images, labels)``: ``(n, size, size, 3)`` float32 in ``[0, 255]`` and ``(n,)``.
+    """
+    from cnnlab.data import make_dataset
+
+    rows = manifest.split(split)
+    if limit is not None and limit < len(rows):
+        rows = rows.sample(limit, random_state=seed).reset_index(drop=True)
+    ds = make_dataset(rows["file"], rows["label_index"], image_size, 64, cache=False)
+    images = np.concatenate([np.asarray(x, dtype=np.float32) for x, _ in ds])
+    return images, rows["label_index"].to_numpy()
+
+
+def resolve_model_file(model: str | os.PathLike, models_dir: str | os.PathLike) -> Path:
+    """A model file from a path, or from a name in ``models/`` (``cards-retail_cnn``).
+
+    Raises:
+        FileNotFoundError: If neither exists; the message lists the saved models.
+    """
+    path = Path(model)
+    if path.is_file():
+        return path
+    candidate = Path(models_dir) / f"{model}.keras"
+    if candidate.is_file():
+        return candidate
+    saved = ", ".join(p.stem for p in list_models(models_dir)) or "none"
+    raise FileNotFoundError(f"no model file {model} and no {candidate}; saved models: {saved}")
+
+
+def export_deployment(model: str | os.PathLike, format: str = "tflite", quantize: str = "none",
+                      dirs=None, calibration_images: int = CALIBRATION_IMAGES
+                      ) -> tuple[Path, dict]:
+    """``cnnlab export``: converts a saved model and checks it on the whole test split.
+
+    Reads the model's JSON sidecar for its dataset and image size, loads
+    ``data/<dataset>/manifest.csv``, calibrates int8 on ``calibration_images`` training
+    images, and compares accuracy of the export and the Keras model on the test split.
+
+    Args:
+        model: Model file or name in ``models/``.
+        format: Export format; only ``"tflite"``.
+        quantize: ``"none"``, ``"dynamic"`` or ``"int8"``.
+        dirs: Project folders.
+        calibration_images: Training images for int8 calibration.
+
+    Returns:
+        The exported file and the :func:`compare_tflite` report.
+
+    Raises:
+        ValueError: On an unknown format.
+        FileNotFoundError: If the model or its dataset's manifest is missing.
+    """
+    from cnnlab.config import project_dirs
+    from cnnlab.datasets import load_manifest
+
+    if format != "tflite":
+        raise ValueError(f"unknown export format {format!r}; supported: tflite")
+    dirs = dirs or project_dirs()
+    source = resolve_model_file(model, dirs.models)
+    meta = load_metadata(source)
+    keras_model = load_model(source)
+    manifest = load_manifest(meta["dataset"], dirs)
+    size = int(meta["image_size"])
+    representative = None
+    if quantize == "int8":
+        calibration, _ = split_images(manifest, "train", size, calibration_images)
+        representative = [calibration]
+    target = export_tflite(keras_model, tflite_path(source, quantize), quantize,
+                           representative)
+    images, labels = split_images(manifest, "test", size)
+    return target, compare_tflite(keras_model, target, images, labels)

@@ -195,3 +195,29 @@ def plot_top_k(images: list[np.ndarray], table: pd.DataFrame, title: str = "") -
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_lr_find(result) -> Figure:
+    """Smoothed training loss against learning rate (log scale) of a ``lr_find`` sweep.
+
+    Args:
+        result: A ``lr_find.LRFinderResult``; its steepest-descent suggestion is marked.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(result.learning_rates, result.losses, "-", label="smoothed loss")
+    ax.plot(result.learning_rates, result.raw_losses, ".", ms=3, alpha=0.35, c="grey",
+            label="batch loss")
+    at = int(np.argmin(np.abs(result.learning_rates - result.suggestion)))
+    ax.plot(result.suggestion, result.losses[at], "o", c="tab:red",
+            label=f"steepest descent: {result.suggestion:.1e}")
+    ax.set_xscale("log")
+    top = np.nanpercentile(result.losses, 95) * 1.3
+    ax.set_ylim(min(result.losses.min() * 0.9, top * 0.5), top)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("learning-rate range test" + (" (diverged, stopped)" if result.diverged
+                                               else ""))
+    fig.tight_layout()
+    return fig

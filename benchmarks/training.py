@@ -1,0 +1,239 @@
+"""Training throughput and time-to-accuracy, side by side on one folder of real images.
+
+Throughput rows (images per second of training, ``--weights none``, 224 px, one run):
+  (a) the course style: ImageDataGenerator.flow_from_directory + fit, batch 20, whole network
+      trainable
+  (b) cnnlab full fine-tune: tf.data pipeline (cnnlab.data), batch 32, whole network trainable
+  (c) cnnlab frozen backbone, end to end on images (head trained, backbone forward only)
+  (d) cnnlab head on cached backbone features (cnnlab.features), plus the one-off extraction
+with ratios to (a). ``--mixed-precision mixed_float16`` repeats (b)-(d) under that policy (on
+a GPU; on a CPU mixed_float16 is slow, mixed_bfloat16 is the CPU option).
+
+Time-to-accuracy (``--accuracy``, MobileNetV3Small(alpha=0.75) with the ImageNet weights file
+from ``--weights-dir``):
+  (e) the course recipe: ImageDataGenerator + fit, 15 epochs x 200 steps x batch 20, whole
+      network trainable, Adam 1e-3; validation after every epoch, test accuracy at the end
+  (f) cnnlab ``fine_tune``: head on cached features, then the top blocks with BN frozen;
+      wall-clock time until it first reaches (e)'s best validation accuracy, and its test
+      accuracy with the best checkpoint restored.
+
+Usage:
+  python benchmarks/training.py [--data-dir ../shared/datasets/cards] [--accuracy]
+The machine's load average is recorded next to the figures (shared machines vary). Results go
+to stdout and, as JSON, to reports/benchmarks/training.json (temporary name, then renamed).
+Runs write their checkpoints and feature cache under a temporary project folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cnnlab import features  # noqa: E402
+from cnnlab.backbones import get_backbone_spec, resolve_weights  # noqa: E402
+from cnnlab.config import project_dirs  # noqa: E402
+from cnnlab.datasets import prepare_dataset  # noqa: E402
+from cnnlab.models import build_transfer_model, find_backbone  # noqa: E402
+from cnnlab.storage import write_json  # noqa: E402
+from cnnlab.train import TrainingData, compile_classifier, fine_tune, precision  # noqa: E402
+
+IMAGE_SIZE = 224
+
+
+class _StepClock(keras.callbacks.Callback):
+    """Times the training batches after ``warmup`` (tracing and pipeline start excluded)."""
+
+    def __init__(self, warmup: int):
+        super().__init__()
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.warmup:
+            self.start = time.perf_counter()
+        self.end = time.perf_counter()
+
+
+def _rate(model, data, steps: int, warmup: int, batch: int) -> float:
+    clock = _StepClock(warmup)
+    model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[clock])
+    return steps * batch / (clock.end - clock.start)
+
+
+def _course_model(alpha: float, weights_file: Path | None, classes: int) -> keras.Model:
+    """keras.applications.MobileNetV3Small + GAP + softmax, everything trainable (course)."""
+    base = keras.applications.MobileNetV3Small(
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), alpha=alpha, include_top=False, weights=None)
+    if weights_file is not None:
+        base.load_weights(weights_file)
+    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    outputs = keras.layers.Dense(classes, activation="softmax")(x)
+    model = keras.Model(base.input, outputs)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def _generator(folder: Path, batch: int, shuffle: bool = True):
+    from tensorflow.keras.preprocessing.image import ImageDataGenerator  # the course recipe
+
+    # MobileNetV3 rescales inside (include_preprocessing), so no rescale here.
+    return ImageDataGenerator().flow_from_directory(
+        folder, target_size=(IMAGE_SIZE, IMAGE_SIZE), batch_size=batch, class_mode="sparse",
+        shuffle=shuffle)
+
+
+def throughput(data_dir: Path, data: TrainingData, backbone: str, steps: int, warmup: int,
+               policy: str | None, dirs) -> dict:
+    """Rows (a)-(d), images per second."""
+    rows = {}
+    alpha = get_backbone_spec(backbone).kwargs.get("alpha", 1.0)
+    if policy is None:
+        model = _course_model(alpha, None, data.num_classes)
+        rows["a"] = _rate(model, _generator(data_dir / "train", 20), steps, warmup, 20)
+        print(f"(a) ImageDataGenerator + fit, batch 20, all trainable: {rows['a']:.1f} img/s")
+    with precision(policy):
+        model = build_transfer_model(backbone, data.num_classes, IMAGE_SIZE, "none")
+    compile_classifier(model, 1e-3)
+    rows["b"] = _rate(model, data.train_ds(augment=False).repeat(), steps, warmup,
+                      data.batch_size)
+    print(f"(b) cnnlab tf.data, batch {data.batch_size}, all trainable: {rows['b']:.1f} img/s")
+    find_backbone(model).trainable = False
+    compile_classifier(model, 1e-3)
+    rows["c"] = _rate(model, data.train_ds(augment=False).repeat(), steps, warmup,
+                      data.batch_size)
+    print(f"(c) cnnlab frozen backbone, end to end: {rows['c']:.1f} img/s")
+    cache = features.feature_cache(model, data.dataset, IMAGE_SIZE, dirs.data)
+    start = time.perf_counter()
+    x, y = cache.features("train", data.train_rows, data.batch_size)
+    rows["extraction"] = len(y) / (time.perf_counter() - start)
+    head = features.head_model(model)
+    compile_classifier(head, 1e-3)
+    batches = features.features_dataset(x, y, data.batch_size, shuffle=True).repeat()
+    head_steps = max(steps, 20 * len(y) // data.batch_size)  # enough steps to time
+    rows["d"] = _rate(head, batches, head_steps, warmup, data.batch_size)
+    print(f"(d) cnnlab head on cached features: {rows['d']:.0f} img/s "
+          f"(one-off extraction {rows['extraction']:.0f} img/s)")
+    return rows
+
+
+def course_recipe(data_dir: Path, weights_file: Path, classes: int, epochs: int,
+                  steps: int) -> dict:
+    """Row (e): the course's fit, timed, with validation each epoch and test at the end."""
+    keras.utils.set_random_seed(42)
+    model = _course_model(0.75, weights_file, classes)
+    val = _generator(data_dir / "valid", 20, shuffle=False)
+    times, clock = [], time.perf_counter()
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: times.append(time.perf_counter() - clock))
+    history = model.fit(_generator(data_dir / "train", 20), steps_per_epoch=steps,
+                        epochs=epochs, validation_data=val, callbacks=[timer], verbose=2)
+    test = model.evaluate(_generator(data_dir / "test", 20, shuffle=False), verbose=0,
+                          return_dict=True)
+    val_acc = history.history["val_accuracy"]
+    return {"seconds": times[-1], "epoch_seconds": times, "val_accuracy": val_acc,
+            "best_val_accuracy": max(val_acc), "test_accuracy": test["accuracy"]}
+
+
+def cnnlab_fine_tune(data: TrainingData, weights_dir: Path, freeze_epochs: int, epochs: int,
+                     base_lr: float, dirs, target: float) -> dict:
+    """Row (f): fine_tune on cards; time to reach ``target`` validation accuracy, test acc."""
+    keras.utils.set_random_seed(42)
+    start = time.perf_counter()
+    result = fine_tune("mobilenet_v3_small_075", data, freeze_epochs, epochs, base_lr,
+                       weights="local", weights_dir=weights_dir, dirs=dirs, save=False)
+    total = time.perf_counter() - start
+    history = result.history
+    # Extraction time: everything not spent inside epochs (model build, cache, restore).
+    overhead = total - float(history["seconds"].sum())
+    elapsed = overhead + history["seconds"].cumsum()
+    reached = history.index[history["val_accuracy"] >= target]
+    test_rows = data.manifest.split("test")
+    from cnnlab.data import make_dataset
+
+    test = make_dataset(test_rows["file"], test_rows["label_index"], data.image_size, 64,
+                        cache=False)
+    test_accuracy = result.model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
+    return {"seconds": total, "epoch_seconds": elapsed.round(1).tolist(),
+            "val_accuracy": history["val_accuracy"].tolist(),
+            "best_val_accuracy": float(history["val_accuracy"].max()),
+            "seconds_to_target": float(elapsed[reached[0]]) if len(reached) else None,
+            "test_accuracy": float(test_accuracy)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets/cards"))
+    parser.add_argument("--weights-dir", type=Path, default=Path("../shared/weights"))
+    parser.add_argument("--backbone", default="mobilenet_v3_small",
+                        help="throughput rows' backbone (random init)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per row")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--mixed-precision", help="also time (b)-(d) under this policy")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--accuracy", action="store_true", help="also rows (e) and (f)")
+    parser.add_argument("--course-epochs", type=int, default=15)
+    parser.add_argument("--course-steps", type=int, default=200)
+    parser.add_argument("--freeze-epochs", type=int, default=20)
+    parser.add_argument("--fine-tune-epochs", type=int, default=6)
+    parser.add_argument("--base-lr", type=float, default=1e-3)
+    parser.add_argument("--target", type=float, help="validation accuracy (f) must reach "
+                        "(default: (e)'s best)")
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/training.json"))
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    devices = [d.device_type for d in tf.config.list_logical_devices()]
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} cores, "
+          f"devices {devices}, load average {load_before[0]:.2f}")
+    root = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
+    (root / "notebooks").mkdir()
+    dirs = project_dirs(root)
+    manifest = prepare_dataset("cards", args.data_dir, dirs)
+    data = TrainingData(manifest, IMAGE_SIZE, 32, hflip=False, seed=42)
+    report = {"tensorflow": tf.__version__, "keras": keras.__version__,
+              "cores": os.cpu_count(), "devices": devices, "images": len(data.train_rows),
+              "load_average_before": load_before}
+    if not args.skip_throughput:
+        report["throughput"] = throughput(args.data_dir, data, args.backbone, args.steps,
+                                          args.warmup, None, dirs)
+        rows = report["throughput"]
+        print(f"ratios: (b)/(a) {rows['b'] / rows['a']:.2f}, (c)/(a) {rows['c'] / rows['a']:.2f}"
+              f", (d)/(a) {rows['d'] / rows['a']:.0f}")
+        if args.mixed_precision:
+            report[f"throughput_{args.mixed_precision}"] = throughput(
+                args.data_dir, data, args.backbone, args.steps, args.warmup,
+                args.mixed_precision, dirs)
+    if args.accuracy:
+        weights = resolve_weights("mobilenet_v3_small_075", "local", args.weights_dir)
+        if weights.path is None:
+            raise FileNotFoundError(f"no {weights.label}; pass --weights-dir")
+        course = course_recipe(args.data_dir, weights.path, data.num_classes,
+                               args.course_epochs, args.course_steps)
+        print(f"(e) course recipe: {course['seconds'] / 60:.1f} min, best val "
+              f"{course['best_val_accuracy']:.3f}, test {course['test_accuracy']:.3f}")
+        target = args.target or course["best_val_accuracy"]
+        ours = cnnlab_fine_tune(data, args.weights_dir, args.freeze_epochs,
+                                args.fine_tune_epochs, args.base_lr, dirs, target)
+        reached = ours["seconds_to_target"]
+        print(f"(f) cnnlab fine_tune: {ours['seconds'] / 60:.1f} min in all, best val "
+              f"{ours['best_val_accuracy']:.3f}, test {ours['test_accuracy']:.3f}; reached val "
+              f"{target:.3f} after " + (f"{reached / 60:.1f} min ({reached / course['seconds']:.2f}"
+                                        f" of the course time)" if reached else "never"))
+        report.update(course=course, fine_tune=ours, target=target)
+    report["load_average_after"] = os.getloadavg()
+    print(f"load average after: {report['load_average_after'][0]:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, report)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
