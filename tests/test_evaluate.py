@@ -1,13 +1,41 @@
+import time
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from cnnlab.evaluate import Predictions, evaluate_models, saved_models, write_leaderboard
-from cnnlab.export import save_model
+from cnnlab.config import get_profile
+from cnnlab.evaluate import (
+    Predictions,
+    bootstrap_interval,
+    evaluate_models,
+    leaderboard_markdown,
+    macro_f1,
+    measure_latency,
+    pareto_front,
+    plot_accuracy_vs_latency,
+    saved_models,
+    time_calls,
+    training_record,
+    wilson_interval,
+    write_leaderboard,
+)
+from cnnlab.export import load_metadata
 from cnnlab.inference import Classifier, choose_model, demo_images
-from cnnlab.models import build_custom_model
+from cnnlab.train import train_custom
 
 CLASSES = ["a", "b", "c"]
+TINY = get_profile("smoke", custom_image_size=32, custom_epochs=2, batch_size=8,
+                   max_train_per_class=8)
+
+
+def _wilson(k, n, z=1.959963984540054):
+    """Wilson (1927) score interval, written out: (p + z²/2n ± z√(p(1-p)/n + z²/4n²)) / (1+z²/n)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def test_metrics_on_known_predictions():
@@ -20,10 +48,68 @@ def test_metrics_on_known_predictions():
     # per-class F1: a .5 (P .5, R .5), b .8 (P 2/3, R 1), c 2/3 (P 1, R .5)
     assert metrics["macro-F1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     assert metrics["loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(6), y])), rel=1e-4)
+    low, high = _wilson(4, 6)
+    assert metrics["accuracy CI low"] == pytest.approx(low)
+    assert metrics["accuracy CI high"] == pytest.approx(high)
+    assert metrics["macro-F1 CI low"] <= metrics["macro-F1"] <= metrics["macro-F1 CI high"]
+    np.testing.assert_allclose(pred.losses, -np.log(probs[np.arange(6), y]), rtol=1e-5)
     assert pred.confusion().tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     np.testing.assert_allclose(pred.confusion("true").sum(axis=1), 1)
     report = pred.report()
     assert report.loc["b", "recall"] == 1 and report.loc["c", "precision"] == 1
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (7, 10), (10, 10), (164, 265), (1, 1)])
+def test_wilson_interval_matches_the_formula_and_contains_the_estimate(k, n):
+    low, high = wilson_interval(k, n)
+    assert (low, high) == pytest.approx(_wilson(k, n), abs=1e-9)
+    assert 0 <= low <= k / n <= high <= 1
+    with pytest.raises(ValueError, match="empty"):
+        wilson_interval(0, 0)
+
+
+def test_bootstrap_interval_of_macro_f1():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 5, 400)
+    y_pred = np.where(rng.random(400) < 0.7, y_true, rng.integers(0, 5, 400))
+    statistic = partial(macro_f1, labels=range(5))
+    point = statistic(y_true, y_pred)
+    low, high = bootstrap_interval(y_true, y_pred, statistic, n_resamples=300)
+    assert low < point < high and 0.04 < high - low < 0.2
+    small = bootstrap_interval(y_true[:40], y_pred[:40], statistic, n_resamples=300)
+    assert small[1] - small[0] > high - low  # fewer images, wider interval
+    assert bootstrap_interval(y_true, y_pred, statistic, n_resamples=300) == (low, high)
+    # A class absent from both labels and predictions is left out, not counted as F1 = 0.
+    assert macro_f1(np.array([0, 1]), np.array([0, 1]), range(3)) == 1.0
+
+
+def test_time_calls_leaves_the_warm_up_out():
+    calls = []
+
+    def call():
+        calls.append(time.perf_counter())
+        time.sleep(0.25 if len(calls) == 1 else 0.002)  # first call: "tracing"
+
+    seconds = time_calls(call, warmup=2, repeats=5)
+    assert len(calls) == 7 and seconds.shape == (5,)
+    assert np.median(seconds) < 0.05 and seconds.max() < 0.2
+    with pytest.raises(ValueError, match="warmup"):
+        time_calls(call, warmup=0)
+
+
+def test_pareto_front_and_its_figure():
+    board = pd.DataFrame({"model": list("abcd"), "accuracy": [0.9, 0.8, 0.7, 0.85],
+                          "ms": [10.0, 2.0, 5.0, 20.0], "test images": 100})
+    assert pareto_front(board, "ms").tolist() == [True, True, False, False]
+    board["accuracy CI low"] = board["accuracy"] - 0.05
+    board["accuracy CI high"] = board["accuracy"] + 0.04
+    fig = plot_accuracy_vs_latency(board, "ms")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and "100 test images" in ax.get_title()
+    labels = sorted(t.get_text() for t in ax.texts)
+    assert labels == list("abcd")
+    filled = [c for c in ax.collections if c.get_label() == "Pareto front"]
+    assert len(filled) == 1 and len(filled[0].get_offsets()) == 2
 
 
 @pytest.fixture()
@@ -31,34 +117,62 @@ def saved(sample_root, project):
     from cnnlab.datasets import build_manifest
 
     manifest = build_manifest(sample_root, "sample")
-    model = build_custom_model("vehicles_cnn_bn", 32, len(manifest.classes))
-    save_model(model, project.models, "sample-vehicles_cnn_bn",
-               {"model": "vehicles_cnn_bn", "class_names": manifest.classes, "image_size": 32,
-                "weights": "none (custom CNN)", "train_seconds": 60})
-    return manifest
+    result = train_custom("vehicles_cnn_bn", manifest, TINY, project)
+    return manifest, result
 
 
 def test_leaderboard_over_whole_test_split(saved, project):
-    rows = saved.split("test")
-    board, predictions = evaluate_models(saved_models(project.models, "sample"), rows,
-                                         saved.classes, batch_size=5)
-    assert board.loc[0, "test images"] == len(rows) == len(predictions["vehicles_cnn_bn"].y_true)
-    assert board.loc[0, "train minutes"] == 1.0 and board.loc[0, ".h5 MB"] > 0
+    manifest, result = saved
+    rows = manifest.split("test")
+    model = result.model
+    latency = measure_latency(model, batch_size=4, warmup=2, repeats=3)
+    assert latency["median ms/image"] == pytest.approx(latency["median ms/batch"] / 4)
+    assert 0 < latency["median ms/image"] <= latency["p90 ms/image"]
+
+    board, interps = evaluate_models(saved_models(project.models, "sample"), rows,
+                                     manifest.classes, batch_size=5, warmup=2, repeats=3,
+                                     checkpoints_dir=project.checkpoints)
+    row = board.iloc[0]
+    assert row["test images"] == len(rows) == len(interps["vehicles_cnn_bn"].predictions.y_true)
+    assert row["accuracy CI low"] <= row["accuracy"] <= row["accuracy CI high"]
+    assert row["macro-F1 CI low"] <= row["macro-F1"] <= row["macro-F1 CI high"]
+    assert row["ms/image (batch 1)"] > 0 and row["ms/image (batch 32)"] > 0
+    assert row["latency device"].startswith(("CPU", "GPU")) and bool(row["Pareto"])
+    assert row["params"] == model.count_params() and row["trainable params"] <= row["params"]
+    meta = load_metadata(result.paths[".keras"])
+    assert row["epochs"] == 2 and row["run folder"] == "sample-vehicles_cnn_bn"
+    assert row["train minutes"] == round(meta["train_seconds"] / 60, 1)
+    assert row["weights"] == "none (custom CNN)" and row[".h5 MB"] > 0
+
     csv, md = write_leaderboard(board, project.reports / "sample-leaderboard")
     assert pd.read_csv(csv)["model"].tolist() == ["vehicles_cnn_bn"]
-    assert "| model" in md.read_text()
+    text = md.read_text()
+    assert f"test accuracy [95% CI] (n={len(rows)})" in text
+    assert f"{row['accuracy']:.3f} [{row['accuracy CI low']:.3f}," in text
+    assert text == leaderboard_markdown(board) + "\n"
     with pytest.raises(FileNotFoundError, match="notebooks 02 and 03"):
-        evaluate_models([], rows, saved.classes)
+        evaluate_models([], rows, manifest.classes)
+
+
+def test_training_record_reads_the_run_folder(tmp_path):
+    run = tmp_path / "cards-x"
+    run.mkdir()
+    pd.DataFrame({"epoch": range(5), "accuracy": 0.5}).to_csv(run / "history.csv", index=False)
+    meta = {"run_folder": "cards-x", "train_seconds": 330}
+    assert training_record(meta, tmp_path) == {"epochs": 5, "train minutes": 5.5,
+                                               "run folder": "cards-x"}
+    assert training_record({"run_folder": "gone"}, tmp_path)["epochs"] is None
 
 
 def test_deployed_model_classifies_new_files_of_any_format(saved, project, tmp_path):
+    manifest, _ = saved
     path, reason = choose_model(project.models, project.reports, "sample")
     assert path.name == "sample-vehicles_cnn_bn.h5" and "most recently saved" in reason
-    files = demo_images(saved.split("test"), tmp_path / "new", count=4)
+    files = demo_images(manifest.split("test"), tmp_path / "new", count=4)
     assert sorted(f.suffix for f in files) == [".jpg", ".png", ".png", ".webp"]
     classifier = Classifier.load(path)
     table = classifier.predict_files(files, top_k=3)
-    assert len(table) == 12 and set(table["class"]) <= set(saved.classes)
+    assert len(table) == 12 and set(table["class"]) <= set(manifest.classes)
     sums = table.groupby("file")["probability"].sum()
     assert (sums <= 1 + 1e-5).all() and (table["rank"].between(1, 3)).all()
     with pytest.raises(FileNotFoundError, match="train one"):

@@ -1,19 +1,31 @@
-"""Predictions and metrics over whole splits, and the leaderboard across models.
+"""Predictions and metrics over whole splits, with confidence intervals, and the leaderboard.
 
 Every figure is computed on the entire split (never a few batches) with scikit-learn, and the
-split size is reported next to it.
+split size and a 95% confidence interval are reported next to it: a Wilson score interval for
+accuracy (Wilson 1927; recommended by Brown, Cai & DasGupta 2001, "Interval Estimation for a
+Binomial Proportion", Statistical Science 16(2)) and a paired percentile bootstrap for
+macro-F1 (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13), both from
+SciPy. The leaderboard adds what a deployment choice needs: parameters, file sizes, inference
+latency measured on the machine it ran on, training time and the weights each model started
+from.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from matplotlib.figure import Figure
+from scipy import stats
 from sklearn.metrics import (
     accuracy_score,
     classification_report,
@@ -23,6 +35,98 @@ from sklearn.metrics import (
 )
 
 from cnnlab.export import list_models, load_metadata, load_model
+
+if TYPE_CHECKING:
+    from cnnlab.interpret import Interpretation
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 1000
+LATENCY_BATCH_SIZES = (1, 32)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE
+                    ) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (e.g. accuracy = correct / n).
+
+    Unlike the normal ("Wald") interval it stays inside [0, 1] and keeps its coverage for
+    small ``n`` and proportions near 0 or 1 (Brown, Cai & DasGupta 2001). Computed by
+    ``scipy.stats.binomtest(...).proportion_ci(method="wilson")``.
+
+    Args:
+        successes: Number of successes (correct predictions), ``0 <= successes <= n``.
+        n: Number of trials (test images).
+        confidence: Confidence level in (0, 1).
+
+    Returns:
+        ``(low, high)``, always containing ``successes / n``.
+
+    Raises:
+        ValueError: If ``n`` is 0 or ``successes`` is outside ``[0, n]``.
+    """
+    if n <= 0:
+        raise ValueError(f"cannot compute an interval over n={n} images; the split is empty")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes={successes} is outside [0, n={n}]")
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Iterable[int]) -> float:
+    """Macro-averaged F1 over ``labels`` (scikit-learn ``f1_score(average="macro")``).
+
+    A class that appears neither in ``y_true`` nor in ``y_pred`` has no defined F1 and is left
+    out of the average (``zero_division=np.nan``) instead of counting as 0, so a bootstrap
+    resample that happens to miss a class is not penalised for it. A class with true images
+    but no correct prediction counts as 0.
+    """
+    return float(f1_score(y_true, y_pred, labels=list(labels), average="macro",
+                          zero_division=np.nan))
+
+
+def bootstrap_interval(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    confidence: float = CONFIDENCE,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Paired percentile-bootstrap interval of a metric over test images.
+
+    Test images are resampled with replacement (true and predicted label together) with
+    ``scipy.stats.bootstrap(paired=True, method="percentile")``.
+
+    Args:
+        y_true: ``(n,)`` int true class indices.
+        y_pred: ``(n,)`` int predicted class indices.
+        statistic: ``f(y_true, y_pred) -> float``, e.g. a partial of :func:`macro_f1`.
+        confidence: Confidence level in (0, 1).
+        n_resamples: Bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``(low, high)``.
+
+    Raises:
+        ValueError: If the arrays are empty or of different lengths.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0 or len(y_true) != len(y_pred):
+        raise ValueError(f"need equally long, non-empty label arrays; got {len(y_true)} true "
+                         f"and {len(y_pred)} predicted")
+    if len(y_true) == 1:  # one image: every resample is that image
+        value = statistic(y_true, y_pred)
+        return float(value), float(value)
+    result = stats.bootstrap((y_true, y_pred), statistic, paired=True, vectorized=False,
+                             n_resamples=n_resamples, confidence_level=confidence,
+                             method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+# --------------------------------------------------------------------------- predictions
 
 
 @dataclass
@@ -41,17 +145,47 @@ class Predictions:
 
     @property
     def y_pred(self) -> np.ndarray:
+        """``(n,)`` int predicted class indices (argmax of ``probs``)."""
         return self.probs.argmax(axis=1)
 
-    def metrics(self) -> dict:
-        """Accuracy, cross-entropy loss and macro-F1 over the whole split, with its size."""
+    @property
+    def losses(self) -> np.ndarray:
+        """``(n,)`` float32 cross-entropy of each image: ``-log p(true class)`` (nats)."""
+        p_true = self.probs[np.arange(len(self.y_true)), self.y_true]
+        return -np.log(np.clip(p_true, 1e-7, 1.0)).astype(np.float32)
+
+    def metrics(self, confidence: float = CONFIDENCE, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                seed: int = 0) -> dict:
+        """Accuracy and macro-F1 with confidence intervals, loss, and the split size.
+
+        Args:
+            confidence: Level of both intervals.
+            n_resamples: Bootstrap resamples for the macro-F1 interval.
+            seed: Seed of the bootstrap.
+
+        Returns:
+            ``{"test images", "accuracy", "accuracy CI low", "accuracy CI high", "macro-F1",
+            "macro-F1 CI low", "macro-F1 CI high", "loss"}``: accuracy with a Wilson interval,
+            macro-F1 with a paired percentile bootstrap interval, mean cross-entropy (nats).
+        """
         labels = np.arange(len(self.class_names))
+        n, correct = len(self.y_true), int((self.y_pred == self.y_true).sum())
+        acc_low, acc_high = wilson_interval(correct, n, confidence)
+
+        def statistic(y_true, y_pred):
+            return macro_f1(y_true, y_pred, labels)
+
+        f1_low, f1_high = bootstrap_interval(self.y_true, self.y_pred, statistic, confidence,
+                                             n_resamples, seed)
         return {
-            "test images": int(len(self.y_true)),
+            "test images": int(n),
             "accuracy": float(accuracy_score(self.y_true, self.y_pred)),
+            "accuracy CI low": acc_low,
+            "accuracy CI high": acc_high,
+            "macro-F1": macro_f1(self.y_true, self.y_pred, labels),
+            "macro-F1 CI low": f1_low,
+            "macro-F1 CI high": f1_high,
             "loss": float(log_loss(self.y_true, np.clip(self.probs, 1e-7, 1), labels=labels)),
-            "macro-F1": float(f1_score(self.y_true, self.y_pred, average="macro",
-                                       labels=labels, zero_division=0)),
         }
 
     def report(self) -> pd.DataFrame:
@@ -91,70 +225,329 @@ def predict_dataset(model: keras.Model, dataset: tf.data.Dataset,
                        list(class_names))
 
 
+# --------------------------------------------------------------------------- latency
+
+
+def time_calls(call: Callable[[], object], warmup: int = 3, repeats: int = 15) -> np.ndarray:
+    """Wall-clock seconds of ``repeats`` calls of ``call``, after ``warmup`` untimed calls.
+
+    The warm-up calls absorb one-off costs (tracing and compiling the predict function,
+    allocating buffers, loading kernels) that a deployed model pays once, not per image.
+
+    Args:
+        call: The operation to time (blocking: it must return only when done).
+        warmup: Untimed calls first (at least 1).
+        repeats: Timed calls (at least 1).
+
+    Returns:
+        ``(repeats,)`` float64 seconds, one per timed call, measured with
+        ``time.perf_counter``.
+
+    Raises:
+        ValueError: If ``warmup`` or ``repeats`` is below 1.
+    """
+    if warmup < 1 or repeats < 1:
+        raise ValueError(f"need warmup >= 1 and repeats >= 1, got {warmup} and {repeats}")
+    for _ in range(warmup):
+        call()
+    seconds = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter()
+        call()
+        seconds[i] = time.perf_counter() - start
+    return seconds
+
+
+def measure_latency(model: keras.Model, batch_size: int = 1, warmup: int = 3,
+                    repeats: int = 15, seed: int = 0) -> dict:
+    """Inference latency of ``model`` on this machine: median of timed runs after warm-up.
+
+    Each timed run is one ``model.predict_on_batch`` on a fixed random batch of
+    ``(batch_size, h, w, 3)`` float32 in ``[0, 255]`` (the model's own input size), which
+    includes copying the probabilities back to the host, as a deployed model does.
+
+    Args:
+        model: A classifier taking ``(batch, h, w, 3)`` float32 RGB in ``[0, 255]``.
+        batch_size: Images per call.
+        warmup: Untimed calls first (see :func:`time_calls`).
+        repeats: Timed calls; the median is reported.
+        seed: Seed of the random input.
+
+    Returns:
+        ``{"batch size", "median ms/batch", "median ms/image", "p90 ms/image", "runs"}``.
+    """
+    shape = (batch_size, *model.input_shape[1:])
+    images = np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
+    seconds = time_calls(lambda: model.predict_on_batch(images), warmup, repeats)
+    return {
+        "batch size": batch_size,
+        "median ms/batch": float(np.median(seconds) * 1e3),
+        "median ms/image": float(np.median(seconds) * 1e3 / batch_size),
+        "p90 ms/image": float(np.percentile(seconds, 90) * 1e3 / batch_size),
+        "runs": repeats,
+    }
+
+
+def machine_description() -> str:
+    """The device latency was measured on, e.g. ``"CPU: Intel(R) Xeon(R) Processor, 2 cores"``.
+
+    Names the GPU when TensorFlow sees one (``tf.config.experimental.get_device_details``),
+    else the CPU model from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere) and the
+    number of logical cores.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)}"
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"CPU: {name}, {os.cpu_count()} cores"
+
+
+# --------------------------------------------------------------------------- leaderboard
+
+
 def saved_models(models_dir: str | os.PathLike, dataset: str) -> list[Path]:
     """The ``.keras`` models of ``dataset`` in ``models/`` (files named ``<dataset>-*.keras``)."""
     return list_models(models_dir, prefix=f"{dataset}-")
 
 
-def leaderboard_row(path: str | os.PathLike, predictions: Predictions) -> dict:
-    """One leaderboard row: test metrics, parameters, file sizes and how the model was made."""
+def training_record(meta: dict, checkpoints_dir: str | os.PathLike | None = None) -> dict:
+    """How long a model trained and for how many epochs, read from its run folder.
+
+    Args:
+        meta: The model's JSON sidecar (``export.load_metadata``): ``run_folder`` names
+            ``checkpoints/<run>/`` and ``train_seconds`` is the wall-clock time that
+            ``train.py`` measured around the whole run.
+        checkpoints_dir: The ``checkpoints/`` folder; None skips the run folder.
+
+    Returns:
+        ``{"epochs", "train minutes", "run folder"}``: epochs are the rows of the run's
+        ``history.csv`` (None when the folder is gone), minutes from ``train_seconds``.
+    """
+    run = meta.get("run_folder")
+    epochs = None
+    if checkpoints_dir is not None and run:
+        history = Path(checkpoints_dir) / run / "history.csv"
+        if history.is_file():
+            epochs = len(pd.read_csv(history))
+    seconds = meta.get("train_seconds")
+    return {"epochs": epochs,
+            "train minutes": round(seconds / 60, 1) if seconds is not None else None,
+            "run folder": run}
+
+
+def leaderboard_row(path: str | os.PathLike, predictions: Predictions,
+                    model: keras.Model | None = None, latency: Iterable[dict] = (),
+                    checkpoints_dir: str | os.PathLike | None = None) -> dict:
+    """One leaderboard row: test metrics with intervals, size, latency, training, weights.
+
+    Args:
+        path: The model's ``.keras`` file (its ``.h5`` and ``.json`` sit beside it).
+        predictions: The model's predictions on the whole test split.
+        model: The loaded model, to count parameters (else the sidecar's counts).
+        latency: Results of :func:`measure_latency`, one per batch size (adds the device
+            and the 1-minute load average after timing).
+        checkpoints_dir: The ``checkpoints/`` folder, for :func:`training_record`.
+
+    Returns:
+        A dict of column name to value.
+    """
     path = Path(path)
     meta = load_metadata(path)
     h5 = path.with_suffix(".h5")
-    return {
+    if model is not None:
+        total = int(model.count_params())
+        trainable = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+    else:
+        total, trainable = meta.get("params_total"), meta.get("params_trainable")
+    row = {
         "model": meta.get("model", path.stem),
         **predictions.metrics(),
-        "params": meta.get("params_total"),
-        "trainable params": meta.get("params_trainable"),
+        "params": total,
+        "trainable params": trainable,
         ".keras MB": round(path.stat().st_size / 1e6, 2),
         ".h5 MB": round(h5.stat().st_size / 1e6, 2) if h5.exists() else None,
-        "weights": meta.get("weights", "n/a"),
         "image size": meta.get("image_size"),
-        "train minutes": round(meta.get("train_seconds", 0) / 60, 1),
     }
+    for result in latency:
+        row[f"ms/image (batch {result['batch size']})"] = round(result["median ms/image"], 2)
+    if latency:
+        row["latency device"] = machine_description()
+        # Other work on a shared machine slows the timings; the load says how busy it was.
+        row["load (1 min)"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") \
+            else None
+    row.update(training_record(meta, checkpoints_dir))
+    row["weights"] = meta.get("weights", "n/a")
+    return row
 
 
-def evaluate_models(paths, rows: pd.DataFrame, class_names: list[str], batch_size: int = 32):
+def pareto_front(board: pd.DataFrame, cost: str, value: str = "accuracy") -> pd.Series:
+    """Which models no other model beats on both ``cost`` (lower) and ``value`` (higher).
+
+    Args:
+        board: One row per model.
+        cost: Column to minimise, e.g. ``"ms/image (batch 1)"``.
+        value: Column to maximise.
+
+    Returns:
+        Boolean Series aligned with ``board``: True on the Pareto front.
+    """
+    costs, values = board[cost].to_numpy(float), board[value].to_numpy(float)
+    dominated = [
+        bool(np.any((costs <= c) & (values >= v) & ((costs < c) | (values > v))))
+        for c, v in zip(costs, values)
+    ]
+    return pd.Series(~np.array(dominated, dtype=bool), index=board.index, name="Pareto")
+
+
+def evaluate_models(
+    paths,
+    rows: pd.DataFrame,
+    class_names: list[str],
+    batch_size: int = 32,
+    latency_batch_sizes: Iterable[int] = LATENCY_BATCH_SIZES,
+    warmup: int = 3,
+    repeats: int = 15,
+    checkpoints_dir: str | os.PathLike | None = None,
+) -> tuple[pd.DataFrame, dict[str, Interpretation]]:
     """Evaluates saved models on a whole split, each at its own input size.
 
     Args:
         paths: ``.keras`` model files (``saved_models``).
         rows: Split rows with ``file`` and ``label_index`` (``Manifest.split("test")``).
         class_names: Names in index order.
-        batch_size: Images per batch.
+        batch_size: Images per batch for the predictions.
+        latency_batch_sizes: Batch sizes whose latency per image is timed (empty: none).
+        warmup: Untimed calls before each latency measurement.
+        repeats: Timed calls per latency measurement (the median is reported).
+        checkpoints_dir: The ``checkpoints/`` folder holding the run folders.
 
     Returns:
-        ``(leaderboard, predictions)``: a DataFrame sorted by accuracy (one row per model:
-        test accuracy, loss, macro-F1, parameters, file sizes, weights, training minutes)
-        and ``{model name: Predictions}``.
+        ``(leaderboard, interpretations)``: a DataFrame sorted by accuracy (one row per model,
+        columns of :func:`leaderboard_row`, plus ``Pareto`` when batch-1 latency was timed)
+        and ``{model name: interpret.Interpretation}`` with each model and its predictions.
 
     Raises:
         FileNotFoundError: If ``paths`` is empty (train models in notebooks 02/03 first).
     """
-    from cnnlab.data import split_dataset
+    from cnnlab.interpret import Interpretation
 
     paths = list(paths)
     if not paths:
         raise FileNotFoundError("no saved models to evaluate; run notebooks 02 and 03 first")
-    rows_out, predictions = [], {}
+    rows_out, interpretations = [], {}
     for path in paths:
         model = load_model(path)
-        size = int(model.input_shape[1])
         name = load_metadata(path).get("model", Path(path).stem)
-        dataset = split_dataset(rows, size, batch_size)
-        predictions[name] = predict_dataset(model, dataset, class_names)
-        rows_out.append(leaderboard_row(path, predictions[name]))
-        keras.backend.clear_session()
-    board = pd.DataFrame(rows_out).sort_values("accuracy", ascending=False)
-    return board.reset_index(drop=True), predictions
+        interp = Interpretation.from_model(model, rows, class_names, batch_size, name=name)
+        timings = [measure_latency(model, b, warmup, repeats) for b in latency_batch_sizes]
+        rows_out.append(leaderboard_row(path, interp.predictions, model, timings,
+                                        checkpoints_dir))
+        interpretations[name] = interp
+    board = pd.DataFrame(rows_out).sort_values("accuracy", ascending=False).reset_index(drop=True)
+    if "ms/image (batch 1)" in board:
+        board.insert(board.columns.get_loc("ms/image (batch 1)"), "Pareto",
+                     pareto_front(board, "ms/image (batch 1)"))
+    return board, interpretations
+
+
+def plot_accuracy_vs_latency(board: pd.DataFrame, latency: str = "ms/image (batch 1)",
+                             title: str = "") -> Figure:
+    """Test accuracy (with its 95% interval) against latency, the Pareto front marked.
+
+    Args:
+        board: From :func:`evaluate_models` (needs ``latency``, ``accuracy`` and its CI).
+        latency: Latency column for the x axis (log scale).
+        title: Figure title (default: test images and the latency device).
+
+    Returns:
+        The Figure: one point per model, filled and joined by a step line on the front.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
+
+    front = pareto_front(board, latency)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    errors = np.vstack([board["accuracy"] - board["accuracy CI low"],
+                        board["accuracy CI high"] - board["accuracy"]])
+    ax.errorbar(board[latency], board["accuracy"], yerr=errors, fmt="none", ecolor="grey",
+                elinewidth=1, capsize=3, zorder=1)
+    for on_front, marker in ((True, "o"), (False, "o")):
+        part = board[front == on_front]
+        ax.scatter(part[latency], part["accuracy"], s=45, zorder=2, marker=marker,
+                   facecolors="tab:blue" if on_front else "white", edgecolors="tab:blue",
+                   label="Pareto front" if on_front else "dominated")
+    edge = board[front].sort_values(latency)
+    ax.step(edge[latency], edge["accuracy"], where="post", c="tab:blue", alpha=0.5, zorder=1)
+    for _, row in board.iterrows():
+        ax.annotate(row["model"], (row[latency], row["accuracy"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel(f"latency, {latency} (log scale)")
+    ax.set_ylabel("test accuracy (95% CI)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    device = board["latency device"].iloc[0] if "latency device" in board else ""
+    ax.set_title(title or f"{int(board['test images'].iloc[0])} test images; {device}",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _interval(row: pd.Series, metric: str) -> str:
+    return (f"{row[metric]:.3f} [{row[f'{metric} CI low']:.3f}, "
+            f"{row[f'{metric} CI high']:.3f}]")
+
+
+def leaderboard_markdown(board: pd.DataFrame) -> str:
+    """The leaderboard as a Markdown table, metrics written ``value [CI low, CI high]``.
+
+    Args:
+        board: From :func:`evaluate_models`.
+
+    Returns:
+        Markdown text (GitHub table) with the test-set size in the metric headers.
+    """
+    table = board.copy()
+    n = int(table["test images"].iloc[0]) if "test images" in table else None
+    level = f"{CONFIDENCE:.0%}"
+    for metric in ("accuracy", "macro-F1"):
+        if f"{metric} CI low" in table:
+            table[metric] = [_interval(r, metric) for _, r in table.iterrows()]
+            table = table.drop(columns=[f"{metric} CI low", f"{metric} CI high"])
+    table = table.rename(columns={
+        "accuracy": f"test accuracy [{level} CI] (n={n})",
+        "macro-F1": f"macro-F1 [{level} CI] (n={n})",
+    }).drop(columns=["test images"], errors="ignore")
+    formats = {"params": "{:,.0f}", "trainable params": "{:,.0f}", "loss": "{:.3f}",
+               ".keras MB": "{:.1f}", ".h5 MB": "{:.1f}", "train minutes": "{:.1f}",
+               "epochs": "{:.0f}", "image size": "{:.0f}"}
+    formats.update({c: "{:.2f}" for c in table.columns if str(c).startswith("ms/image")})
+    for column, fmt in formats.items():
+        if column in table:
+            table[column] = [fmt.format(v) if pd.notna(v) else "" for v in table[column]]
+    return table.to_markdown(index=False, disable_numparse=True)
 
 
 def write_leaderboard(board: pd.DataFrame, stem: str | os.PathLike) -> tuple[Path, Path]:
-    """Writes the leaderboard as ``<stem>.csv`` and ``<stem>.md`` (atomically)."""
+    """Writes the leaderboard as ``<stem>.csv`` (all numbers) and ``<stem>.md`` (atomically).
+
+    Returns:
+        ``(csv path, md path)``.
+    """
     from cnnlab.storage import atomic_path, write_text
 
     stem = Path(stem)
     with atomic_path(stem.with_suffix(".csv")) as tmp:
         board.to_csv(tmp, index=False)
-    write_text(stem.with_suffix(".md"), board.to_markdown(index=False, floatfmt=".4f") + "\n")
+    write_text(stem.with_suffix(".md"), leaderboard_markdown(board) + "\n")
     return stem.with_suffix(".csv"), stem.with_suffix(".md")

@@ -1,0 +1,182 @@
+"""Interpretation and Grad-CAM on really trained small models (flat CNN, nested MobileNetV3)."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from cnnlab.config import get_profile
+from cnnlab.data import load_image
+from cnnlab.datasets import build_manifest
+from cnnlab.interpret import (
+    Interpretation,
+    feature_map_layers,
+    gradcam_heatmaps,
+    gradcam_model,
+    overlay_heatmap,
+)
+from cnnlab.models import find_backbone
+from cnnlab.train import train_custom, train_transfer
+
+# MobileNetV3 at 64 px: a 2x2 final feature map, 8x8 at output stride 8. From scratch
+# (weights none) so the test needs no download; 2 + 3 epochs on 48 training images.
+SMALL = get_profile("smoke", image_size=64, custom_image_size=32, batch_size=16,
+                    custom_epochs=3, freeze_epochs=1, fine_tune_epochs=1,
+                    max_train_per_class=12)
+
+
+@pytest.fixture(scope="module")
+def trained(sample_root, tmp_path_factory):
+    from cnnlab.config import project_dirs
+
+    dirs = project_dirs(tmp_path_factory.mktemp("interpret"))
+    manifest = build_manifest(sample_root, "sample")
+    flat = train_custom("vehicles_cnn_bn", manifest, SMALL, dirs)
+    nested = train_transfer("mobilenet_v3_small", manifest, SMALL, "none", dirs=dirs)
+    return {"manifest": manifest, "dirs": dirs, "flat": flat, "nested": nested,
+            "test": manifest.split("test")}
+
+
+def _images(rows, size, count=4):
+    return np.stack([load_image(f, size) for f in rows["file"].iloc[:count]])
+
+
+def _class_activation_map(features, kernel, classes):
+    """CAM (Zhou et al. 2016): ReLU(sum_k w_kc A^k), scaled to [0, 1] per image."""
+    cam = np.maximum(np.einsum("nhwk,kn->nhw", features, kernel[:, classes]), 0)
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+
+
+def test_usual_keras_recipe_fails_on_a_nested_backbone(trained):
+    model = trained["nested"].model
+    backbone = find_backbone(model)
+    images = _images(trained["test"], 64, count=2)
+    # Keras 3.15 refuses to build it ("... is not connected to `inputs`"); Keras 3.13 builds
+    # it and fails on the first call (KeyError on a tensor of the backbone's own graph).
+    with pytest.raises((ValueError, KeyError)):
+        naive = keras.Model(model.inputs, [backbone.get_layer("conv_1").output, model.output])
+        naive(images)
+
+
+def test_gradcam_on_nested_backbone_equals_cam(trained):
+    # With GAP + dense head on the last feature map, Grad-CAM's channel weights are the
+    # head's weights divided by h*w (Selvaraju et al. 2017, sec. 3.1), so it must equal CAM.
+    model = trained["nested"].model
+    images = _images(trained["test"], 64)
+    heatmaps = gradcam_heatmaps(model, images)
+    assert heatmaps.shape == (4, 2, 2) and heatmaps.dtype == np.float32
+    features = find_backbone(model)(images, training=False).numpy()
+    kernel = model.get_layer("head").get_weights()[0]
+    predicted = model.predict_on_batch(images).argmax(axis=1)
+    np.testing.assert_allclose(heatmaps, _class_activation_map(features, kernel, predicted),
+                               atol=1e-4)
+
+
+def test_gradcam_inside_the_nested_backbone(trained):
+    model = trained["nested"].model
+    images = _images(trained["test"], 64)
+    assert "mobilenet_v3_small/expanded_conv_2_add" in feature_map_layers(model)
+    heatmaps = gradcam_heatmaps(model, images, layer="expanded_conv_2_add")
+    assert heatmaps.shape == (4, 8, 8)
+    assert heatmaps.min() >= 0 and np.isclose(heatmaps.max(axis=(1, 2)), 1).any()
+    features, logits = gradcam_model(model, "mobilenet_v3_small/expanded_conv_2_add")(images)
+    assert features.shape == (4, 8, 8, 24)
+    # The rebuilt chain gives the model's own probabilities, from logits.
+    np.testing.assert_allclose(keras.ops.softmax(logits).numpy(),
+                               model.predict_on_batch(images), atol=1e-5)
+    # Explaining another class gives another map.
+    other = gradcam_heatmaps(model, images, np.zeros(4, int), layer="expanded_conv_2_add")
+    third = gradcam_heatmaps(model, images, np.full(4, 2), layer="expanded_conv_2_add")
+    assert not np.allclose(other, third)
+
+
+def test_gradcam_on_flat_cnn_equals_cam(trained):
+    model = trained["flat"].model
+    images = _images(trained["test"], 32)
+    last = feature_map_layers(model)[-1]
+    assert last.startswith("max_pooling2d")
+    heatmaps = gradcam_heatmaps(model, images)
+    assert heatmaps.shape == (4, 4, 4)
+    features = keras.Model(model.input, model.get_layer(last).output)(images).numpy()
+    kernel = model.layers[-1].get_weights()[0]
+    predicted = model.predict_on_batch(images).argmax(axis=1)
+    np.testing.assert_allclose(heatmaps, _class_activation_map(features, kernel, predicted),
+                               atol=1e-4)
+
+
+def test_unknown_layer_names_the_candidates(trained):
+    with pytest.raises(ValueError, match="mobilenet_v3_small/conv_1"):
+        gradcam_model(trained["nested"].model, "no_such_layer")
+
+
+def test_overlay_heatmap_resizes_and_colours():
+    image = np.full((20, 30, 3), 100, np.float32)
+    out = overlay_heatmap(image, np.array([[0.0, 1.0], [0.0, 0.0]], np.float32))
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    assert out[2, 27, 0] > out[17, 2, 0]  # hot corner is red, cold corner blue
+    assert out[17, 2, 2] > out[17, 2, 0]
+
+
+def test_interpretation_over_the_whole_split(trained, tmp_path):
+    test = trained["test"]
+    classes = trained["manifest"].classes
+    interp = Interpretation.from_model(trained["flat"].model, test, classes, batch_size=4,
+                                       name="vehicles_cnn_bn")
+    n = len(test)
+    y_true, y_pred = interp.predictions.y_true, interp.predictions.y_pred
+    np.testing.assert_array_equal(y_true, test["label_index"].to_numpy())
+    counts = interp.confusion_matrix()
+    assert counts.sum() == n and np.trace(counts) == (y_true == y_pred).sum()
+    rows = interp.confusion_matrix("true").sum(axis=1)
+    np.testing.assert_allclose(rows[counts.sum(axis=1) > 0], 1)
+
+    confused = interp.most_confused()
+    off_diagonal = counts.sum() - np.trace(counts)
+    assert confused["count"].sum() == off_diagonal
+    assert (confused["true"] != confused["predicted"]).all()
+    assert confused["count"].is_monotonic_decreasing
+    assert (interp.most_confused(min_count=2)["count"] >= 2).all()
+
+    report = interp.classification_report(tmp_path / "report.csv")
+    saved = pd.read_csv(tmp_path / "report.csv", index_col="class")
+    assert list(saved.index[:len(classes)]) == classes
+    np.testing.assert_allclose(saved.loc[classes, "recall"], report.loc[classes, "recall"])
+
+    top = interp.top_losses(3)
+    assert top["loss"].is_monotonic_decreasing and top["loss"].iloc[0] == \
+        interp.predictions.losses.max()
+    np.testing.assert_allclose(top["loss"], -np.log(np.clip(top["true probability"], 1e-7, 1)),
+                               rtol=1e-5)
+    metrics = interp.metrics()
+    assert metrics["test images"] == n
+    assert metrics["accuracy CI low"] <= metrics["accuracy"] <= metrics["accuracy CI high"]
+
+    # The saved model, loaded from its path with the sidecar's class names, agrees.
+    again = Interpretation.from_model(trained["flat"].paths[".keras"], test)
+    np.testing.assert_allclose(again.predictions.probs, interp.predictions.probs, atol=1e-5)
+    assert again.name == "vehicles_cnn_bn" and again.class_names == classes
+    with pytest.raises(ValueError, match="class_names"):
+        Interpretation.from_model(trained["flat"].model, test)
+
+
+def test_interpretation_figures(trained):
+    test, classes = trained["test"], trained["manifest"].classes
+    interp = Interpretation.from_model(trained["nested"].model, test, classes, batch_size=8)
+    figures = {
+        "confusion": interp.plot_confusion_matrix(),
+        "top losses": interp.plot_top_losses(4, cols=2),
+        "samples": interp.plot_samples(4),
+        "gradcam": interp.plot_gradcam(3, cols=3),
+        "gradcam inner": interp.plot_gradcam(2, layer="expanded_conv_2_add", which="random"),
+    }
+    for name, fig in figures.items():
+        assert isinstance(fig, Figure), name
+    top_titles = [ax.get_title() for ax in figures["top losses"].axes if ax.get_title()]
+    assert len(top_titles) == 4 and all("loss=" in t and "p=" in t for t in top_titles)
+    cam_axes = [ax for ax in figures["gradcam"].axes if ax.images]
+    assert len(cam_axes) == 6  # image and heatmap for each of 3
+    assert str(len(test)) in figures["confusion"].axes[0].get_title()
+    with pytest.raises(ValueError, match="top_losses"):
+        interp.plot_gradcam(2, which="best")
