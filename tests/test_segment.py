@@ -19,14 +19,22 @@ from cnnlab import segment
 from cnnlab.segment import (
     DEEPLAB_DIR_ENV,
     DEEPLAB_MODELS,
+    VOC_CLASS_MAPS,
     VOC_CLASSES,
     DeepLabSegmenter,
+    Segmenter,
+    agreement_summary,
+    agreement_table,
     class_fractions,
     colorize_mask,
     deeplab_model_path,
     dominant_class,
+    mean_iou,
     overlay,
+    per_class_iou,
+    plot_agreement_failures,
     plot_segmentation,
+    segmentation_confusion,
     voc_colormap,
 )
 
@@ -290,3 +298,97 @@ def test_plot_segmentation_returns_figure() -> None:
     assert legend_labels == ["background", "car", "person"]
     with pytest.raises(ValueError, match="one mask per image"):
         plot_segmentation(images, masks[:1])
+
+
+# --------------------------------------------------------------------------- Segmenter, IoU
+
+
+@pytest.mark.shared
+def test_both_deeplab_backends_are_segmenters(deeplab_dir: Path) -> None:
+    for name in DEEPLAB_MODELS:
+        seg = DeepLabSegmenter(name, deeplab_dir)
+        assert isinstance(seg, Segmenter) and seg.name == name
+        assert tuple(seg.class_names) == VOC_CLASSES
+    with pytest.raises(TypeError):
+        Segmenter()  # abstract: a backend must implement predict_mask
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> np.ndarray:
+    Image.fromarray(mask.astype(np.uint8), "L").save(path)
+    return np.asarray(Image.open(path))
+
+
+def test_iou_on_masks_written_to_disk(tmp_path: Path) -> None:
+    names = ["background", "car", "person"]
+    true_a = np.zeros((10, 10), np.uint8)
+    true_a[:, :5] = 1  # car: left half, 50 px
+    pred_a = np.zeros((10, 10), np.uint8)
+    pred_a[:, :4] = 1  # 40 px of it found, none outside
+    true_b = np.zeros((4, 6), np.uint8)
+    true_b[:2] = 2  # person: 12 px of another image size
+    true_b[3, 5] = 255  # "ignore" border pixel
+    pred_b = np.zeros((4, 6), np.uint8)
+    pred_b[:2, :3] = 2  # 6 px right
+    pred_b[2, :3] = 2  # 3 px too many
+    pred_b[3, 5] = 1  # the ignored pixel must not count as a wrong car
+    truth = [_write_mask(tmp_path / "a.png", true_a), _write_mask(tmp_path / "b.png", true_b)]
+    preds = [_write_mask(tmp_path / "pa.png", pred_a), _write_mask(tmp_path / "pb.png", pred_b)]
+
+    table = per_class_iou(truth, preds, names)
+    # Background, counted by hand: image a TP 50, FP 10 (car missed), FN 0; image b (23 px
+    # without the ignored one) TP 8, FP 6 (person missed), FN 3 (predicted person).
+    assert table.loc["background", "IoU"] == pytest.approx(58 / (58 + 16 + 3))
+    assert table.loc["car", "IoU"] == pytest.approx(40 / 50)
+    assert table.loc["person", "IoU"] == pytest.approx(6 / (12 + 3))
+    assert table.loc["car", "true pixels"] == 50 and table["true pixels"].sum() == 123
+    expected = np.mean([58 / 77, 40 / 50, 6 / 15])
+    assert mean_iou(truth, preds, names) == pytest.approx(expected)
+    assert mean_iou(truth, preds, 3) == pytest.approx(expected)
+    # Perfect prediction: 1; a class in neither truth nor prediction is left out (NaN).
+    assert mean_iou(true_a, true_a, names) == 1.0
+    assert np.isnan(per_class_iou(true_a, true_a, names).loc["person", "IoU"])
+    confusion = segmentation_confusion(truth, preds, 3)
+    assert confusion.sum() == 100 + 23 and confusion[1, 0] == 10
+    with pytest.raises(ValueError, match="has shape"):
+        mean_iou([true_a], [true_b], names)
+    with pytest.raises(ValueError, match="num_classes"):
+        segmentation_confusion(true_a, pred_a + 5, 3)
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+@pytest.fixture(scope="module")
+def vehicle_rows(shared_dir: Path) -> pd.DataFrame:
+    root = shared_dir / "datasets" / "vehicles"
+    rows = [{"label": label, "file": str(f)}
+            for label in ("bike", "car", "minibus", "pickup", "truck")
+            for f in sorted((root / label).glob("*.jpg"))[:N_CAR_IMAGES]]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.shared
+def test_agreement_table_on_real_vehicle_photos(deeplab_dir: Path,
+                                                vehicle_rows: pd.DataFrame) -> None:
+    seg = DeepLabSegmenter("deeplabv3_257_float", deeplab_dir)
+    class_map = VOC_CLASS_MAPS["vehicles"]
+    table = agreement_table(seg, vehicle_rows, class_map)
+    assert len(table) == 4 * N_CAR_IMAGES and "truck" not in set(table["label"])  # unmapped
+    expected = table["label"].map(lambda label: class_map[label])
+    assert (table["agrees"] == [s in e for s, e in zip(table["largest segment"], expected)]).all()
+    assert table["foreground share"].between(0, 1).all()
+    summary = agreement_summary(table)
+    assert list(summary.index) == ["bike", "car", "minibus", "pickup", "all"]
+    assert summary.loc["all", "images"] == len(table)
+    assert summary.loc["all", "agree"] == summary["agree"].iloc[:-1].sum()
+    assert (summary["CI low"] <= summary["share"]).all()
+    assert (summary["share"] <= summary["CI high"]).all()
+    # Measured: car 7 of 8 (as in test_predict_mask_on_car_photos), all mapped 23 of 32.
+    assert summary.loc["car", "agree"] >= 5
+    assert summary.loc["all", "share"] > 0.5
+    fig = plot_agreement_failures(seg, table, k=3)
+    assert isinstance(fig, Figure) and len(fig.axes) == 9
+    with pytest.raises(ValueError, match="does not predict"):
+        agreement_table(seg, vehicle_rows, {"car": ("lorry",)})
+    with pytest.raises(ValueError, match="no image has a label"):
+        agreement_table(seg, vehicle_rows, {"drinks": ("bottle",)})
