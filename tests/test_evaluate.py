@@ -139,9 +139,11 @@ def test_leaderboard_over_whole_test_split(saved, project):
     assert row["ms/image (batch 1)"] > 0 and row["ms/image (batch 32)"] > 0
     assert row["latency device"].startswith(("CPU", "GPU")) and bool(row["Pareto"])
     assert row["params"] == model.count_params() and row["trainable params"] <= row["params"]
-    meta = load_metadata(result.paths[".keras"])
-    assert row["epochs"] == 2 and row["run folder"] == "sample-vehicles_cnn_bn"
-    assert row["train minutes"] == round(meta["train_seconds"] / 60, 1)
+    history = pd.read_csv(project.checkpoints / "sample-vehicles_cnn_bn" / "history.csv")
+    assert row["epochs"] == 2 == len(history) and row["run folder"] == "sample-vehicles_cnn_bn"
+    assert row["train minutes"] == round(history["seconds"].sum() / 60, 1)
+    assert row["train time from"] == "run folder"
+    assert load_metadata(result.paths[".keras"])["train_seconds"] >= history["seconds"].sum()
     assert row["weights"] == "none (custom CNN)" and row[".h5 MB"] > 0
 
     csv, md = write_leaderboard(board, project.reports / "sample-leaderboard")
@@ -157,11 +159,18 @@ def test_leaderboard_over_whole_test_split(saved, project):
 def test_training_record_reads_the_run_folder(tmp_path):
     run = tmp_path / "cards-x"
     run.mkdir()
-    pd.DataFrame({"epoch": range(5), "accuracy": 0.5}).to_csv(run / "history.csv", index=False)
+    history = pd.DataFrame({"epoch": range(5), "accuracy": 0.5, "seconds": 60.0})
+    history.to_csv(run / "history.csv", index=False)
     meta = {"run_folder": "cards-x", "train_seconds": 330}
-    assert training_record(meta, tmp_path) == {"epochs": 5, "train minutes": 5.5,
+    assert training_record(meta, tmp_path) == {"epochs": 5, "train minutes": 5.0,
+                                               "train time from": "run folder",
                                                "run folder": "cards-x"}
-    assert training_record({"run_folder": "gone"}, tmp_path)["epochs"] is None
+    # A run folder written before epochs were timed: the sidecar's time.
+    history.drop(columns="seconds").to_csv(run / "history.csv", index=False)
+    assert training_record(meta, tmp_path)["train minutes"] == 5.5
+    assert training_record(meta, tmp_path)["train time from"] == "model sidecar"
+    gone = training_record({"run_folder": "gone"}, tmp_path)
+    assert gone["epochs"] is None and gone["train minutes"] is None
 
 
 def test_deployed_model_classifies_new_files_of_any_format(saved, project, tmp_path):

@@ -322,24 +322,30 @@ def training_record(meta: dict, checkpoints_dir: str | os.PathLike | None = None
 
     Args:
         meta: The model's JSON sidecar (``export.load_metadata``): ``run_folder`` names
-            ``checkpoints/<run>/`` and ``train_seconds`` is the wall-clock time that
-            ``train.py`` measured around the whole run.
+            ``checkpoints/<run>/``; ``train_seconds`` is the wall-clock time ``train.py``
+            measured around the run in the process that saved the model.
         checkpoints_dir: The ``checkpoints/`` folder; None skips the run folder.
 
     Returns:
-        ``{"epochs", "train minutes", "run folder"}``: epochs are the rows of the run's
-        ``history.csv`` (None when the folder is gone), minutes from ``train_seconds``.
+        ``{"epochs", "train minutes", "train time from", "run folder"}``: epochs are the rows
+        of the run's ``history.csv``; minutes are the sum of its per-epoch ``seconds`` column
+        (every epoch, also those of an interrupted and resumed run) when the run folder has
+        one, else the sidecar's ``train_seconds``; None where neither exists.
     """
     run = meta.get("run_folder")
-    epochs = None
+    epochs, seconds, source = None, meta.get("train_seconds"), "model sidecar"
     if checkpoints_dir is not None and run:
-        history = Path(checkpoints_dir) / run / "history.csv"
-        if history.is_file():
-            epochs = len(pd.read_csv(history))
-    seconds = meta.get("train_seconds")
+        history_file = Path(checkpoints_dir) / run / "history.csv"
+        if history_file.is_file():
+            history = pd.read_csv(history_file)
+            epochs = len(history)
+            if "seconds" in history and history["seconds"].notna().all():
+                seconds, source = float(history["seconds"].sum()), "run folder"
+    if seconds is None:
+        source = None
     return {"epochs": epochs,
             "train minutes": round(seconds / 60, 1) if seconds is not None else None,
-            "run folder": run}
+            "train time from": source, "run folder": run}
 
 
 def leaderboard_row(path: str | os.PathLike, predictions: Predictions,
