@@ -79,6 +79,7 @@ def decode_resize(path: tf.Tensor, image_size: int, dct_scaling: float | None = 
             lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
     else:
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])  # decode_image's rank is unknown while tracing
     height, width = tf.shape(image)[0], tf.shape(image)[1]
 
     image = tf.case([
