@@ -3,11 +3,14 @@
 Throughput rows (images per second of training, ``--weights none``, 224 px, one run):
   (a) the course style: ImageDataGenerator.flow_from_directory + fit, batch 20, whole network
       trainable
-  (b) cnnlab full fine-tune: tf.data pipeline (cnnlab.data), batch 32, whole network trainable
+  (b) cnnlab full fine-tune: tf.data pipeline (cnnlab.data), batch 32, every layer trainable
+      except BatchNormalization, which stays in inference mode as in ``fine_tune`` (the
+      Keras fine-tuning recipe; the course trained BN statistics too)
   (c) cnnlab frozen backbone, end to end on images (head trained, backbone forward only)
   (d) cnnlab head on cached backbone features (cnnlab.features), plus the one-off extraction
-with ratios to (a). ``--mixed-precision mixed_float16`` repeats (b)-(d) under that policy (on
-a GPU; on a CPU mixed_float16 is slow, mixed_bfloat16 is the CPU option).
+with ratios to (a); (b64) repeats (b) at batch 64. ``--mixed-precision mixed_float16``
+repeats (b)-(d) under that policy (on a GPU; on this CPU both mixed_float16 and
+mixed_bfloat16 train slower than float32, and XLA far slower).
 
 Time-to-accuracy (``--accuracy``, MobileNetV3Small(alpha=0.75) with the ImageNet weights file
 from ``--weights-dir``):
@@ -27,6 +30,7 @@ Runs write their checkpoints and feature cache under a temporary project folder.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -63,8 +67,18 @@ class _StepClock(keras.callbacks.Callback):
 
 def _rate(model, data, steps: int, warmup: int, batch: int) -> float:
     clock = _StepClock(warmup)
-    model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[clock])
+    model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[clock],
+              shuffle=False)
     return steps * batch / (clock.end - clock.start)
+
+
+def _epoch_rate(model, data, images: int, epochs: int) -> float:
+    """Images per second over whole epochs (no per-batch callback: Keras then runs the steps
+    without a Python round trip each, as ``fit`` does in ``fine_tune``)."""
+    model.fit(data, epochs=1, verbose=0, shuffle=False)  # trace and warm up
+    start = time.perf_counter()
+    model.fit(data, epochs=epochs, verbose=0, shuffle=False)
+    return images * epochs / (time.perf_counter() - start)
 
 
 def _course_model(alpha: float, weights_file: Path | None, classes: int) -> keras.Model:
@@ -101,10 +115,18 @@ def throughput(data_dir: Path, data: TrainingData, backbone: str, steps: int, wa
         print(f"(a) ImageDataGenerator + fit, batch 20, all trainable: {rows['a']:.1f} img/s")
     with precision(policy):
         model = build_transfer_model(backbone, data.num_classes, IMAGE_SIZE, "none")
+    for layer in find_backbone(model).layers:
+        # Keras 3: a BatchNormalization layer with trainable=False runs in inference mode.
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     compile_classifier(model, 1e-3)
     rows["b"] = _rate(model, data.train_ds(augment=False).repeat(), steps, warmup,
                       data.batch_size)
-    print(f"(b) cnnlab tf.data, batch {data.batch_size}, all trainable: {rows['b']:.1f} img/s")
+    print(f"(b) cnnlab tf.data, batch {data.batch_size}, all trainable but BN: "
+          f"{rows['b']:.1f} img/s")
+    wider = data.with_batch_size(64)
+    rows["b64"] = _rate(model, wider.train_ds(augment=False).repeat(), steps // 2 + 1, warmup,
+                        64)
+    print(f"(b64) the same at batch 64: {rows['b64']:.1f} img/s")
     find_backbone(model).trainable = False
     compile_classifier(model, 1e-3)
     rows["c"] = _rate(model, data.train_ds(augment=False).repeat(), steps, warmup,
@@ -116,9 +138,8 @@ def throughput(data_dir: Path, data: TrainingData, backbone: str, steps: int, wa
     rows["extraction"] = len(y) / (time.perf_counter() - start)
     head = features.head_model(model)
     compile_classifier(head, 1e-3)
-    batches = features.features_dataset(x, y, data.batch_size, shuffle=True).repeat()
-    head_steps = max(steps, 20 * len(y) // data.batch_size)  # enough steps to time
-    rows["d"] = _rate(head, batches, head_steps, warmup, data.batch_size)
+    batches = features.features_dataset(x, y, data.batch_size, shuffle=True)
+    rows["d"] = _epoch_rate(head, batches, len(y), epochs=20)
     print(f"(d) cnnlab head on cached features: {rows['d']:.0f} img/s "
           f"(one-off extraction {rows['extraction']:.0f} img/s)")
     return rows
@@ -172,7 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets/cards"))
     parser.add_argument("--weights-dir", type=Path, default=Path("../shared/weights"))
-    parser.add_argument("--backbone", default="mobilenet_v3_small",
+    parser.add_argument("--backbone", default="mobilenet_v3_small_075",
                         help="throughput rows' backbone (random init)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
@@ -186,6 +207,8 @@ def main() -> None:
     parser.add_argument("--base-lr", type=float, default=1e-3)
     parser.add_argument("--target", type=float, help="validation accuracy (f) must reach "
                         "(default: (e)'s best)")
+    parser.add_argument("--course-from", type=Path, help="reuse row (e) from an earlier JSON "
+                        "report of this script (to try other fine_tune settings)")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/training.json"))
     args = parser.parse_args()
 
@@ -215,8 +238,11 @@ def main() -> None:
         weights = resolve_weights("mobilenet_v3_small_075", "local", args.weights_dir)
         if weights.path is None:
             raise FileNotFoundError(f"no {weights.label}; pass --weights-dir")
-        course = course_recipe(args.data_dir, weights.path, data.num_classes,
-                               args.course_epochs, args.course_steps)
+        if args.course_from:
+            course = json.loads(args.course_from.read_text())["course"]
+        else:
+            course = course_recipe(args.data_dir, weights.path, data.num_classes,
+                                   args.course_epochs, args.course_steps)
         print(f"(e) course recipe: {course['seconds'] / 60:.1f} min, best val "
               f"{course['best_val_accuracy']:.3f}, test {course['test_accuracy']:.3f}")
         target = args.target or course["best_val_accuracy"]
@@ -227,7 +253,10 @@ def main() -> None:
               f"{ours['best_val_accuracy']:.3f}, test {ours['test_accuracy']:.3f}; reached val "
               f"{target:.3f} after " + (f"{reached / 60:.1f} min ({reached / course['seconds']:.2f}"
                                         f" of the course time)" if reached else "never"))
-        report.update(course=course, fine_tune=ours, target=target)
+        report.update(course=course, fine_tune=ours, target=target,
+                      fine_tune_settings={"freeze_epochs": args.freeze_epochs,
+                                          "fine_tune_epochs": args.fine_tune_epochs,
+                                          "base_lr": args.base_lr})
     report["load_average_after"] = os.getloadavg()
     print(f"load average after: {report['load_average_after'][0]:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -577,7 +577,16 @@ class TrainingResult:
                "best epoch": int(self.history["epoch"].iloc[best]) + 1,
                "train minutes": round(self.seconds / 60, 1)}
         if "seconds" in self.history:
-            row["seconds per epoch"] = round(float(self.history["seconds"].median()), 1)
+            seconds = self.history["seconds"]
+            if self.stage_boundary:  # the two stages cost very different amounts per epoch
+                row["s/epoch stage 1"] = round(float(seconds.iloc[:self.stage_boundary]
+                                                     .median()), 2)
+                row["s/epoch stage 2"] = round(float(seconds.iloc[self.stage_boundary:]
+                                                     .median()), 1)
+            else:
+                row["s/epoch"] = round(float(seconds.median()), 1)
+        if self.stage_boundary:
+            row["stage 1 on cached features"] = self.feature_cache
         return row
 
 
@@ -732,6 +741,7 @@ def fine_tune(
     save: bool = True,
     resume: bool = True,
     run_config: dict | None = None,
+    scratch_epochs: int | None = None,
     verbose: int | str = 2,
 ) -> TrainingResult:
     """Transfer learning in one call: head on the frozen backbone, then the top of the backbone.
@@ -748,8 +758,8 @@ def fine_tune(
     over both stages is restored at the end.
 
     A backbone without pretrained weights (``weights="none"``, or a given model whose backbone
-    is trainable) has nothing to transfer: it is trained end to end for
-    ``freeze_epochs + epochs`` epochs instead, and says so.
+    is trainable) has nothing to transfer: it is trained end to end for ``scratch_epochs``
+    (default ``freeze_epochs + epochs``) epochs instead, and says so.
 
     The run is resumable: killed at any point, the same call continues from the last completed
     epoch (stage 1 is not repeated once finished).
@@ -774,6 +784,7 @@ def fine_tune(
         save: Save the final model to ``models/<dataset>-<name>.{keras,h5,json}``.
         resume: Continue an interrupted run of the same configuration.
         run_config: Extra facts for ``args.yaml`` (e.g. the profile name).
+        scratch_epochs: Epochs end to end without pretrained weights (see above).
         verbose: Keras verbosity.
 
     Returns:
@@ -805,8 +816,9 @@ def fine_tune(
                 "as given (backbone trainable: trained end to end)"
     name = model.name
     shown = label if pretrained else label.upper()
+    scratch_epochs = scratch_epochs or freeze_epochs + epochs
     plan = (f"{freeze_epochs} frozen + {epochs} fine-tune epochs" if pretrained
-            else f"{freeze_epochs + epochs} epochs end to end (no pretrained weights: a frozen "
+            else f"{scratch_epochs} epochs end to end (no pretrained weights: a frozen "
                  f"random backbone would teach the head nothing)")
     print(f"{name}: weights = {shown}; {len(data.train_rows)} images at {data.image_size} px, "
           f"{plan}")
@@ -814,7 +826,8 @@ def fine_tune(
         "model": name, "dataset": data.dataset, "image_size": data.image_size,
         "train_images": len(data.train_rows), "val_images": len(data.val_rows),
         "manifest": data.fingerprints(), "freeze_epochs": freeze_epochs,
-        "fine_tune_epochs": epochs, "batch_size": data.batch_size,
+        "fine_tune_epochs": epochs, "scratch_epochs": None if pretrained else scratch_epochs,
+        "batch_size": data.batch_size,
         "replicas": strategy.num_replicas_in_sync, "learning_rate": lr, "lr_mult": lr_mult,
         "train_bn": train_bn, "seed": data.seed, "weights": label, "pretrained": pretrained,
         "cache_features": cache_features, "mixed_precision": mixed_precision or "float32",
@@ -825,8 +838,7 @@ def fine_tune(
     used_cache = False
     with strategy.scope():
         if not pretrained:
-            _train_end_to_end(model, data, run, freeze_epochs + epochs, lr, jit_compile,
-                              verbose)
+            _train_end_to_end(model, data, run, scratch_epochs, lr, jit_compile, verbose)
         else:
             if run.completed("frozen"):
                 print(f"stage 1 finished in an earlier run: continuing from "
@@ -861,6 +873,22 @@ def fine_tune(
 
 def _profile_config(profile) -> dict:
     return {"profile": profile.name}
+
+
+def fine_tune_options(profile) -> dict:
+    """The keyword arguments of :func:`fine_tune` that a ``config.Profile`` sets.
+
+    Returns:
+        ``freeze_epochs``, ``epochs``, ``scratch_epochs``, ``base_lr``, ``lr_mult``,
+        ``cache_features``, ``strategy``, ``mixed_precision``, ``jit_compile`` and
+        ``run_config``.
+    """
+    return {"freeze_epochs": profile.freeze_epochs, "epochs": profile.fine_tune_epochs,
+            "scratch_epochs": profile.scratch_epochs,
+            "base_lr": profile.learning_rate, "lr_mult": profile.fine_tune_lr_mult,
+            "cache_features": profile.cache_features, "strategy": profile.strategy,
+            "mixed_precision": profile.mixed_precision, "jit_compile": profile.jit_compile,
+            "run_config": {**_profile_config(profile), "deterministic": profile.deterministic}}
 
 
 def train_custom(name: str, manifest, profile, dirs=None, seed: int = 42,
@@ -937,10 +965,7 @@ def train_transfer(backbone: str, manifest, profile, weights: str = "imagenet",
     dirs = dirs or project_dirs()
     seed_everything(seed, profile.deterministic)
     data = TrainingData.from_profile(manifest, profile, None, hflip, seed, dirs)
-    return fine_tune(
-        backbone, data, profile.freeze_epochs, profile.fine_tune_epochs,
-        profile.learning_rate, profile.fine_tune_lr_mult, weights=weights,
-        weights_dir=weights_dir, cache_features=profile.cache_features,
-        strategy=strategy or profile.strategy, mixed_precision=profile.mixed_precision,
-        jit_compile=profile.jit_compile, dirs=dirs,
-        run_config={**_profile_config(profile), "deterministic": profile.deterministic})
+    options = fine_tune_options(profile)
+    options["strategy"] = strategy or options["strategy"]
+    return fine_tune(backbone, data, weights=weights, weights_dir=weights_dir, dirs=dirs,
+                     **options)
