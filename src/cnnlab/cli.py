@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backbones", help=f"comma-separated, from: {', '.join(BACKBONES)}")
     run.add_argument("--custom-models", help=f"comma-separated, from: {', '.join(CUSTOM_MODELS)}")
     run.add_argument("--image-size", type=int, help="override the profile's image size")
+    run.add_argument("--classes", help="comma-separated class folders to keep ('all': every "
+                     "folder; default: the dataset's selection)")
+    run.add_argument("--split-rule", choices=("stratified", "group"),
+                     help="split rule when the dataset has no split folders")
     run.add_argument("--segment-dataset", help="dataset segmented in notebook 04 "
                      "(default: --dataset)")
     run.add_argument("--segment-data-dir", help="folder of images for notebook 04")
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset, "data_dir": args.data_dir, "profile": args.profile,
         "weights": args.weights, "weights_dir": args.weights_dir,
         "backbones": _csv(args.backbones), "custom_models": _csv(args.custom_models),
-        "image_size": args.image_size, "segment_dataset": args.segment_dataset,
+        "image_size": args.image_size, "classes": _csv(args.classes),
+        "split_rule": args.split_rule, "segment_dataset": args.segment_dataset,
         "segment_data_dir": args.segment_data_dir, "images_dir": args.images_dir,
         "model_name": args.model_name,
     }
