@@ -77,3 +77,16 @@ def test_bad_ranges_are_refused():
         lr_find(model, _linear_data(), start_lr=1.0, end_lr=0.1)
     with pytest.raises(ValueError, match="num_steps"):
         lr_find(model, _linear_data(), num_steps=2)
+
+
+def test_a_flat_sweep_says_it_has_no_clear_descent():
+    from cnnlab.lr_find import LRFinderResult
+
+    rates = np.logspace(-7, 0, 60)
+    flat = LRFinderResult(rates, np.full(60, 3.97), np.full(60, 3.97), 3.7e-7, True)
+    assert not flat.has_descent and "no clear descent" in flat.describe()
+    falling = LRFinderResult(rates, np.r_[np.full(40, 4.0), np.linspace(4.0, 2.0, 20)],
+                             np.zeros(60), 1e-2, False)
+    assert falling.has_descent and falling.descent == pytest.approx(0.5)
+    assert falling.describe().startswith("steepest descent at 1.0e-02")
+    assert isinstance(flat.plot(), Figure)

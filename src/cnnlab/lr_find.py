@@ -35,6 +35,10 @@ class LRFinderResult:
         suggestion: Steepest-descent learning rate.
         diverged: Whether the sweep stopped early because the loss blew up.
         on_features: Whether the sweep trained the head on cached backbone features.
+
+    A sweep whose smoothed loss never falls below 95% of where it started (a network that
+    needs more than ``num_steps`` steps to move at any rate) has no meaningful steepest
+    descent: :attr:`has_descent` is False, and the plot and :meth:`describe` say so.
     """
 
     learning_rates: np.ndarray
@@ -43,6 +47,26 @@ class LRFinderResult:
     suggestion: float
     diverged: bool
     on_features: bool = False
+
+    @property
+    def descent(self) -> float:
+        """How far the smoothed loss fell: ``1 - min / start`` (start: first 5 steps)."""
+        start = float(np.mean(self.losses[:5]))
+        return float(1 - self.losses.min() / start) if start > 0 else 0.0
+
+    @property
+    def has_descent(self) -> bool:
+        """Whether the loss fell by at least 5% during the sweep."""
+        return self.descent >= 0.05
+
+    def describe(self) -> str:
+        """One line for notebooks: the suggestion, or why there is none."""
+        if not self.has_descent:
+            return (f"no clear descent: the loss fell {self.descent:.0%} over "
+                    f"{len(self.losses)} steps, so the steepest point "
+                    f"({self.suggestion:.1e}) is noise; keep the profile's rate or sweep longer")
+        return (f"steepest descent at {self.suggestion:.1e} (loss fell {self.descent:.0%}"
+                + (", then diverged)" if self.diverged else ")"))
 
     def plot(self):
         """Loss against rate (log scale) with the suggestion marked; a Figure."""
@@ -76,14 +100,15 @@ class _RateSweep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def steepest_descent(learning_rates: np.ndarray, losses: np.ndarray, skip_start: int = 5
-                     ) -> float:
+def steepest_descent(learning_rates: np.ndarray, losses: np.ndarray,
+                     skip_start: int | None = None) -> float:
     """The rate where ``losses`` falls fastest against ``log10(rate)``.
 
     Only the part of the curve before its minimum counts (after it, the loss rises), and the
-    first ``skip_start`` points are left out (the moving average is still settling there).
-    The slope is a central difference over a window of about a twentieth of the sweep on
-    each side, so that batch-to-batch noise between neighbouring points does not win.
+    first ``skip_start`` points are left out (default: a tenth of the sweep, at least 5; the
+    moving average is still settling there, as in fastai's ``skip_start``). The slope is a
+    central difference over a window of a tenth of the sweep on each side, so that
+    batch-to-batch noise between neighbouring points does not win over the broad descent.
 
     Raises:
         ValueError: If fewer than 3 points are usable.
@@ -91,12 +116,14 @@ def steepest_descent(learning_rates: np.ndarray, losses: np.ndarray, skip_start:
     rates, values = np.asarray(learning_rates, dtype=float), np.asarray(losses, dtype=float)
     if len(rates) < 3:
         raise ValueError("the sweep recorded fewer than 3 steps; raise num_steps")
-    end = int(np.argmin(values)) + 1
+    skip_start = max(5, len(rates) // 10) if skip_start is None else skip_start
+    end = int(np.argmin(values[skip_start:])) + skip_start + 1 if skip_start < len(values) \
+        else len(values)
     start = min(skip_start, max(end - 3, 0))
     if end - start < 3:
         start, end = 0, len(rates)
     logs = np.log10(rates)
-    half = max(1, len(rates) // 20)
+    half = max(1, len(rates) // 10)
     best, best_slope = start, np.inf
     for i in range(start, end):
         lo, hi = max(i - half, start), min(i + half, end - 1)

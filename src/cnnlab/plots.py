@@ -209,7 +209,8 @@ def plot_lr_find(result) -> Figure:
             label="batch loss")
     at = int(np.argmin(np.abs(result.learning_rates - result.suggestion)))
     ax.plot(result.suggestion, result.losses[at], "o", c="tab:red",
-            label=f"steepest descent: {result.suggestion:.1e}")
+            label=f"steepest descent: {result.suggestion:.1e}" if result.has_descent
+            else "no clear descent")
     ax.set_xscale("log")
     top = np.nanpercentile(result.losses, 95) * 1.3
     ax.set_ylim(min(result.losses.min() * 0.9, top * 0.5), top)
