@@ -315,19 +315,14 @@ class Manifest:
         return table.reindex(columns=[s for s in SPLITS if s in table.columns], fill_value=0)
 
     def class_weights(self, split: str = "train") -> dict[int, float]:
-        """Balanced class weights, ``n_samples / (n_classes * count)``, for ``fit``.
-
-        The "balanced" heuristic of King & Zeng (2001) as implemented by scikit-learn's
-        ``compute_class_weight``; pass the result as ``class_weight`` to ``keras.Model.fit``.
+        """Balanced class weights of ``split`` for ``fit`` (see :func:`balanced_class_weights`).
 
         Returns:
             ``{label_index: weight}`` over every class.
         """
         labels = self.frame.loc[self.frame["split"] == split, "label"]
-        present = np.array([c for c in self.classes if c in set(labels)])
-        weights = compute_class_weight("balanced", classes=present, y=labels.to_numpy())
-        by_name = dict(zip(present, weights, strict=True))
-        return {i: float(by_name.get(c, 1.0)) for i, c in enumerate(self.classes)}
+        index = {c: i for i, c in enumerate(self.classes)}
+        return balanced_class_weights(labels.map(index).to_numpy(), len(self.classes))
 
     def validation_summary(self) -> pd.DataFrame:
         """Findings of validation counted per problem (``problem, action, count, fix``)."""
@@ -416,6 +411,27 @@ class Manifest:
 
 
 SPLIT_RULES = ("stratified", "group")
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int | None = None) -> dict[int, float]:
+    """Balanced class weights, ``n_samples / (n_classes * count)``, for ``keras.Model.fit``.
+
+    The "balanced" heuristic of King & Zeng (2001) as implemented by scikit-learn's
+    ``compute_class_weight``.
+
+    Args:
+        labels: ``(n,)`` integer class indices.
+        num_classes: Classes in the model; classes absent from ``labels`` get weight 1.0.
+
+    Returns:
+        ``{label_index: weight}`` for ``0 .. num_classes - 1``.
+    """
+    labels = np.asarray(labels, dtype=int)
+    present = np.unique(labels)
+    weights = dict(zip(present.tolist(), compute_class_weight(
+        "balanced", classes=present, y=labels).tolist(), strict=True))
+    count = num_classes if num_classes is not None else int(present.max()) + 1
+    return {i: float(weights.get(i, 1.0)) for i in range(count)}
 
 
 def build_manifest(

@@ -100,15 +100,14 @@ class _RateSweep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def steepest_descent(learning_rates: np.ndarray, losses: np.ndarray,
-                     skip_start: int | None = None) -> float:
+def steepest_descent(learning_rates: np.ndarray, losses: np.ndarray, skip_start: int = 5
+                     ) -> float:
     """The rate where ``losses`` falls fastest against ``log10(rate)``.
 
     Only the part of the curve before its minimum counts (after it, the loss rises), and the
-    first ``skip_start`` points are left out (default: a tenth of the sweep, at least 5; the
-    moving average is still settling there, as in fastai's ``skip_start``). The slope is a
-    central difference over a window of a tenth of the sweep on each side, so that
-    batch-to-batch noise between neighbouring points does not win over the broad descent.
+    first ``skip_start`` points are left out (the moving average is still settling there).
+    The slope is a central difference over a window of about a twentieth of the sweep on
+    each side, so that batch-to-batch noise between neighbouring points does not win.
 
     Raises:
         ValueError: If fewer than 3 points are usable.
@@ -116,14 +115,12 @@ def steepest_descent(learning_rates: np.ndarray, losses: np.ndarray,
     rates, values = np.asarray(learning_rates, dtype=float), np.asarray(losses, dtype=float)
     if len(rates) < 3:
         raise ValueError("the sweep recorded fewer than 3 steps; raise num_steps")
-    skip_start = max(5, len(rates) // 10) if skip_start is None else skip_start
-    end = int(np.argmin(values[skip_start:])) + skip_start + 1 if skip_start < len(values) \
-        else len(values)
+    end = int(np.argmin(values)) + 1
     start = min(skip_start, max(end - 3, 0))
     if end - start < 3:
         start, end = 0, len(rates)
     logs = np.log10(rates)
-    half = max(1, len(rates) // 10)
+    half = max(1, len(rates) // 20)
     best, best_slope = start, np.inf
     for i in range(start, end):
         lo, hi = max(i - half, start), min(i + half, end - 1)

@@ -40,7 +40,6 @@ from functools import cached_property
 from pathlib import Path
 
 import keras
-import numpy as np
 import pandas as pd
 import tensorflow as tf
 import yaml
@@ -523,12 +522,9 @@ class TrainingData:
         """``{class index: weight}`` (balanced) when ``class_weights``, else None."""
         if not self.class_weights:
             return None
-        from sklearn.utils.class_weight import compute_class_weight
+        from cnnlab.datasets import balanced_class_weights
 
-        labels = self.train_rows["label_index"].to_numpy()
-        present = np.unique(labels)
-        weights = compute_class_weight("balanced", classes=present, y=labels)
-        return {int(c): float(w) for c, w in zip(present, weights)}
+        return balanced_class_weights(self.train_rows["label_index"].to_numpy())
 
     def fingerprints(self) -> dict[str, str]:
         """Short hashes of the train and val rows (recorded in ``args.yaml``)."""
