@@ -23,6 +23,7 @@ from cnnlab.train import (
     TrainingData,
     compile_classifier,
     fine_tune,
+    load_weights,
     precision,
     set_fine_tune_trainable,
     start_run,
@@ -83,6 +84,9 @@ def test_fine_tune_trains_above_the_boundary_only_and_keeps_bn_statistics(
     head_before = [np.array(w) for w in model.get_layer("head").weights]
     result = fine_tune(model, data, freeze_epochs=1, epochs=2, base_lr=1e-2, dirs=project,
                        save=False, verbose=0)
+    # fine_tune restores the best validation epoch, which may be the frozen stage's on 9
+    # validation images; the weights stage 2 trained are the last checkpoint.
+    load_weights(model, result.run.last)
     boundary = fine_tune_boundary(backbone)
     changed = {layer.name: any(not np.array_equal(a, np.array(b))
                                for a, b in zip(before[layer.name], layer.weights))
