@@ -77,6 +77,21 @@ def test_run_stops_at_the_first_failing_notebook(project, capsys):
     assert not (project.reports / "broken" / "02_custom_cnn.ipynb").exists()
 
 
+def test_every_notebook_declares_the_same_parameters():
+    import papermill
+
+    from cnnlab.config import project_dirs
+
+    notebooks = project_dirs().root / "notebooks"
+    declared = {name: {p["name"]: p["default"] for p in
+                       papermill.inspect_notebook(str(notebooks / name)).values()}
+                for name in NOTEBOOKS}
+    first = declared[NOTEBOOKS[0]]
+    assert {"dataset", "classes", "split_rule", "strategy", "seed", "run_id"} <= set(first)
+    for name, params in declared.items():
+        assert params == first, f"{name}: parameters cell differs from {NOTEBOOKS[0]}'s"
+
+
 def test_cli_lists_registries(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out

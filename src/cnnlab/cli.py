@@ -149,10 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size, "classes": _csv(args.classes),
         "split_rule": args.split_rule, "segment_dataset": args.segment_dataset,
         "segment_data_dir": args.segment_data_dir, "images_dir": args.images_dir,
-        "model_name": args.model_name,
+        "model_name": args.model_name, "strategy": args.strategy,
     }
-    if args.strategy:  # only notebooks 02/03 have this parameter
-        parameters["strategy"] = args.strategy
     try:
         timings = run_notebooks(parameters, run_id=args.run_id, only=_csv(args.only),
                                 log_output=not args.quiet)
