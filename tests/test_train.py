@@ -12,7 +12,10 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 import yaml
+
+import cnnlab.train as train_module
 
 from cnnlab.backbones import build_backbone, fine_tune_boundary
 from cnnlab.config import PROFILES, get_profile, parse_overrides
@@ -22,6 +25,7 @@ from cnnlab.models import build_custom_model, build_transfer_model, find_backbon
 from cnnlab.train import (
     TrainingData,
     compile_classifier,
+    PreciseBatchNorm,
     fine_tune,
     load_weights,
     precision,
@@ -80,15 +84,15 @@ def test_fine_tune_trains_above_the_boundary_only_and_keeps_bn_statistics(
     data = TrainingData(build_manifest(sample_root, "sample"), 32, 8, seed=5)
     model = build_transfer_model(BACKBONE, data.num_classes, 32, str(_weights(shared_dir)))
     backbone = find_backbone(model)
-    before = {layer.name: [np.array(w) for w in layer.weights] for layer in backbone.layers}
-    head_before = [np.array(w) for w in model.get_layer("head").weights]
+    before = {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers}
+    head_before = [w.numpy() for w in model.get_layer("head").weights]
     result = fine_tune(model, data, freeze_epochs=1, epochs=2, base_lr=1e-2, dirs=project,
                        save=False, verbose=0)
     # fine_tune restores the best validation epoch, which may be the frozen stage's on 9
     # validation images; the weights stage 2 trained are the last checkpoint.
     load_weights(model, result.run.last)
     boundary = fine_tune_boundary(backbone)
-    changed = {layer.name: any(not np.array_equal(a, np.array(b))
+    changed = {layer.name: any(not np.array_equal(a, b.numpy())
                                for a, b in zip(before[layer.name], layer.weights))
                for layer in backbone.layers if layer.weights}
     below = [backbone.layers[i].name for i in range(boundary) if backbone.layers[i].weights]
@@ -100,7 +104,7 @@ def test_fine_tune_trains_above_the_boundary_only_and_keeps_bn_statistics(
     assert not any(changed[name] for name in below)  # frozen below the boundary
     assert all(changed[name] for name in above)  # every conv above it was trained
     assert not any(changed[name] for name in bn)  # gamma, beta, moving mean and variance
-    assert any(not np.array_equal(a, np.array(b))
+    assert any(not np.array_equal(a, b.numpy())
                for a, b in zip(head_before, model.get_layer("head").weights))
     assert len(result.history) == 3 and result.stage_boundary == 1
 
@@ -141,6 +145,52 @@ def test_random_init_backbone_is_trained_from_scratch(sample_root, project):
     assert result.stage_boundary is None and result.weights == "none (random init)"
     assert len(result.history) == TINY.freeze_epochs + TINY.fine_tune_epochs
     assert find_backbone(result.model).trainable and not result.feature_cache
+
+
+def test_precise_bn_sets_the_moving_statistics_to_the_average_over_batches():
+    keras.utils.set_random_seed(3)
+    model = build_custom_model("vehicles_cnn_bn", 32, 4)
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (8, 32, 32, 3)).astype("float32") for _ in range(5)]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.stack(batches), np.zeros((5, 8), "int32")))
+    first = next(layer for layer in model.layers
+                 if isinstance(layer, keras.layers.BatchNormalization))
+    before = first.momentum
+    inputs = keras.Model(model.input, first.input)
+    features = [keras.ops.convert_to_numpy(inputs(b)).reshape(-1, first.input.shape[-1])
+                for b in batches]
+    assert PreciseBatchNorm(dataset, num_batches=4).recompute(model) == 3
+    expected_mean = np.mean([f.mean(0) for f in features[:4]], axis=0)
+    expected_var = np.mean([f.var(0) for f in features[:4]], axis=0)
+    np.testing.assert_allclose(first.moving_mean.numpy(), expected_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(first.moving_variance.numpy(), expected_var, rtol=1e-3,
+                               atol=1e-6)
+    assert first.momentum == before  # restored
+
+
+def test_precise_bn_runs_once_per_epoch_before_validation(sample_root, project, capsys,
+                                                         monkeypatch):
+    calls = []
+
+    class Recorder(PreciseBatchNorm):
+        validations = 0
+
+        def on_test_begin(self, logs=None):  # fit's validation pass
+            Recorder.validations += 1
+
+        def recompute(self, model=None):
+            calls.append(Recorder.validations)  # validations begun so far
+            return super().recompute(model)
+
+    monkeypatch.setattr(train_module, "PreciseBatchNorm", Recorder)
+    manifest = build_manifest(sample_root, "sample")
+    train_custom("vehicles_cnn_bn", manifest, TINY, project)
+    assert calls == [0, 1]  # epoch 1 before its validation, epoch 2 before its own
+    assert "Precise BN" in capsys.readouterr().out
+    calls.clear()
+    train_custom("retail_cnn", manifest, TINY, project)  # no BatchNormalization
+    assert calls == [] and "Precise BN" not in capsys.readouterr().out
 
 
 @pytest.mark.slow

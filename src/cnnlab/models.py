@@ -23,10 +23,16 @@ from cnnlab.backbones import (
 
 
 def retail_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """The retail-products course CNN, with the rescaling the course version forgot.
+    """The retail-products course CNN, with the input scaling the course version forgot.
 
     Conv 100@9x9 -> MaxPool -> Conv 50@5x5 -> Dropout 0.3 -> MaxPool -> Conv 25@3x3 -> Flatten
     -> Dense 64 -> Dropout 0.2 -> softmax (the RPC course project's architecture).
+
+    Pixels are scaled to ``[-1, 1]``, zero-centred (LeCun et al. 1998, "Efficient BackProp",
+    section 4.3), not to ``[0, 1]``: with all-positive inputs and no normalisation layer, this
+    ReLU network often sat at the uniform prediction (loss ln(classes)) for the whole of a
+    short run; on cards at 64 px, 2 of 4 runs of 8 epochs never left it, while centred inputs
+    reached 0.26-0.27 validation accuracy after 2 epochs in both seeds tried.
 
     Args:
         input_shape: ``(h, w, 3)``.
@@ -38,7 +44,7 @@ def retail_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Mod
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            layers.Rescaling(1.0 / 255),
+            layers.Rescaling(1.0 / 127.5, offset=-1.0),
             layers.Conv2D(100, 9, activation="relu"),
             layers.MaxPooling2D(),
             layers.Conv2D(50, 5, activation="relu"),
