@@ -21,7 +21,7 @@ from ``--weights-dir``):
       accuracy with the best checkpoint restored.
 
 Usage:
-  python benchmarks/training.py [--data-dir ../shared/datasets/cards] [--accuracy]
+  python benchmarks/training.py [--data-dir ../shared/datasets/cards] [--repeats 3] [--accuracy]
 The machine's load average is recorded next to the figures (shared machines vary). Results go
 to stdout and, as JSON, to reports/benchmarks/training.json (temporary name, then renamed).
 Runs write their checkpoints and feature cache under a temporary project folder.
@@ -32,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -197,6 +199,9 @@ def main() -> None:
                         help="throughput rows' backbone (random init)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the throughput rows this many times, interleaved; the "
+                             "medians are reported (shared machines vary)")
     parser.add_argument("--mixed-precision", help="also time (b)-(d) under this policy")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--accuracy", action="store_true", help="also rows (e) and (f)")
@@ -225,11 +230,22 @@ def main() -> None:
               "cores": os.cpu_count(), "devices": devices, "images": len(data.train_rows),
               "load_average_before": load_before}
     if not args.skip_throughput:
-        report["throughput"] = throughput(args.data_dir, data, args.backbone, args.steps,
-                                          args.warmup, None, dirs)
-        rows = report["throughput"]
-        print(f"ratios: (b)/(a) {rows['b'] / rows['a']:.2f}, (c)/(a) {rows['c'] / rows['a']:.2f}"
-              f", (d)/(a) {rows['d'] / rows['a']:.0f}")
+        runs = []
+        for repeat in range(args.repeats):
+            print(f"throughput rows, run {repeat + 1} of {args.repeats}")
+            # a fresh random backbone each run: extraction must not hit the earlier cache
+            shutil.rmtree(dirs.data / "cards" / "features", ignore_errors=True)
+            runs.append(throughput(args.data_dir, data, args.backbone, args.steps,
+                                   args.warmup, None, dirs))
+        rows = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        report["throughput"] = rows
+        report["throughput_runs"] = runs
+        ratios = {key: [run[key] / run["a"] for run in runs] for key in ("b", "b64", "c", "d")}
+        report["throughput_ratios"] = ratios
+        print(f"medians of {args.repeats} run(s): " +
+              ", ".join(f"({k}) {v:.1f}" for k, v in rows.items()) + " img/s")
+        print("ratios to (a), per run: " + "; ".join(
+            f"({k}) " + " ".join(f"{r:.2f}" for r in v) for k, v in ratios.items()))
         if args.mixed_precision:
             report[f"throughput_{args.mixed_precision}"] = throughput(
                 args.data_dir, data, args.backbone, args.steps, args.warmup,

@@ -16,16 +16,15 @@ import tensorflow as tf
 import yaml
 
 import cnnlab.train as train_module
-
 from cnnlab.backbones import build_backbone, fine_tune_boundary
 from cnnlab.config import PROFILES, get_profile, parse_overrides
 from cnnlab.datasets import build_manifest
 from cnnlab.export import load_model
 from cnnlab.models import build_custom_model, build_transfer_model, find_backbone
 from cnnlab.train import (
+    PreciseBatchNorm,
     TrainingData,
     compile_classifier,
-    PreciseBatchNorm,
     fine_tune,
     load_weights,
     precision,
