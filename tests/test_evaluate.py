@@ -7,6 +7,7 @@ import pytest
 
 from cnnlab.config import get_profile
 from cnnlab.evaluate import (
+    ClassMismatchError,
     Predictions,
     bootstrap_interval,
     evaluate_models,
@@ -21,8 +22,9 @@ from cnnlab.evaluate import (
     wilson_interval,
     write_leaderboard,
 )
-from cnnlab.export import load_metadata
+from cnnlab.export import load_metadata, load_model, save_model
 from cnnlab.inference import Classifier, choose_model, demo_images
+from cnnlab.interpret import Interpretation
 from cnnlab.train import train_custom
 
 CLASSES = ["a", "b", "c"]
@@ -154,6 +156,38 @@ def test_leaderboard_over_whole_test_split(saved, project):
     assert text == leaderboard_markdown(board) + "\n"
     with pytest.raises(FileNotFoundError, match="notebooks 02 and 03"):
         evaluate_models([], rows, manifest.classes)
+
+
+def test_models_saved_with_other_class_orders_are_realigned_or_skipped(saved, project, capsys):
+    manifest, result = saved
+    rows, classes = manifest.split("test"), list(manifest.classes)
+    board, interps = evaluate_models([result.paths[".keras"]], rows, classes,
+                                     latency_batch_sizes=())
+    reference = interps["vehicles_cnn_bn"].predictions
+    # The same network with its output units in another order, and a sidecar that says so
+    # (a model saved before the dataset's classes were renamed or re-sorted).
+    model = load_model(result.paths[".keras"])
+    order = np.roll(np.arange(len(classes)), 1)
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel[:, order], bias[order]])
+    shuffled = [classes[i] for i in order]
+    meta = {**load_metadata(result.paths[".keras"]), "class_names": shuffled, "model": "rolled"}
+    rolled = save_model(model, project.models, "sample-rolled", meta)[".keras"]
+    renamed = save_model(model, project.models, "sample-renamed",
+                         {**meta, "model": "renamed", "class_names": ["x", *shuffled[1:]]})
+    board, interps = evaluate_models([rolled, renamed[".keras"]], rows, classes,
+                                     latency_batch_sizes=())
+    assert board["model"].tolist() == ["rolled"]  # realigned; the renamed one skipped
+    np.testing.assert_allclose(interps["rolled"].predictions.probs, reference.probs, atol=1e-6)
+    assert board.iloc[0]["accuracy"] == pytest.approx(float(np.mean(reference.y_pred ==
+                                                                     reference.y_true)))
+    out = capsys.readouterr().out
+    assert "skipped: ./models/sample-renamed.keras was trained on other classes" in out
+    assert f"only the model: ['x']; only the split: ['{shuffled[0]}']" in out
+    with pytest.raises(ClassMismatchError, match="train it again"):
+        Interpretation.from_model(renamed[".keras"], rows, classes)
+    with pytest.raises(ClassMismatchError, match="no saved model was trained on this split"):
+        evaluate_models([renamed[".keras"]], rows, classes, latency_batch_sizes=())
 
 
 def test_training_record_reads_the_run_folder(tmp_path):

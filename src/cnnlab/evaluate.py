@@ -34,6 +34,7 @@ from sklearn.metrics import (
     log_loss,
 )
 
+from cnnlab.config import display_path
 from cnnlab.export import list_models, load_metadata, load_model
 
 if TYPE_CHECKING:
@@ -205,14 +206,51 @@ class Predictions:
                                 labels=np.arange(len(self.class_names)), normalize=normalize)
 
 
+class ClassMismatchError(ValueError):
+    """A model was trained on other classes than the split it is asked to score."""
+
+
+def class_order(model_classes: list[str] | None, class_names: list[str],
+                model: str = "the model") -> np.ndarray | None:
+    """Output columns of a model in the split's class-index order.
+
+    A model saved before a dataset's classes were renamed, filtered or re-sorted outputs its
+    probabilities in its own order (the sidecar's ``class_names``); scoring it against the
+    manifest's label indices without this mapping silently mixes classes up.
+
+    Args:
+        model_classes: The model's class names in output order (None: unknown, assumed equal).
+        class_names: The split's class names in label-index order.
+        model: The model's name or file, for the error message.
+
+    Returns:
+        None when both orders are the same, else the column index of each of ``class_names``.
+
+    Raises:
+        ClassMismatchError: If the two lists do not hold the same names.
+    """
+    if model_classes is None or list(model_classes) == list(class_names):
+        return None
+    if sorted(model_classes) != sorted(class_names):
+        only_model = sorted(set(model_classes) - set(class_names))
+        only_split = sorted(set(class_names) - set(model_classes))
+        raise ClassMismatchError(
+            f"{model} was trained on other classes than this split (only the model: "
+            f"{only_model}; only the split: {only_split}); train it again on this manifest "
+            f"(notebooks 02/03) or move it out of models/")
+    return np.array([list(model_classes).index(name) for name in class_names])
+
+
 def predict_dataset(model: keras.Model, dataset: tf.data.Dataset,
-                    class_names: list[str]) -> Predictions:
+                    class_names: list[str], column_order: np.ndarray | None = None
+                    ) -> Predictions:
     """Runs ``model`` over every batch of ``dataset`` (an ordered, unshuffled split).
 
     Args:
-        model: A classifier returning probabilities.
+        model: A classifier returning ``(batch, classes)`` probabilities.
         dataset: Batches of ``(images, labels)``.
         class_names: Names in index order.
+        column_order: Output columns in ``class_names`` order (:func:`class_order`), or None.
 
     Returns:
         The predictions with true labels, in dataset order.
@@ -221,8 +259,10 @@ def predict_dataset(model: keras.Model, dataset: tf.data.Dataset,
     for images, y in dataset:
         probs.append(model.predict_on_batch(images))
         labels.append(y.numpy())
-    return Predictions(np.concatenate(labels), np.concatenate(probs).astype(np.float32),
-                       list(class_names))
+    probs = np.concatenate(probs).astype(np.float32)
+    if column_order is not None:
+        probs = probs[:, column_order]
+    return Predictions(np.concatenate(labels), probs, list(class_names))
 
 
 # --------------------------------------------------------------------------- latency
@@ -439,8 +479,13 @@ def evaluate_models(
         columns of :func:`leaderboard_row`, plus ``Pareto`` when batch-1 latency was timed)
         and ``{model name: interpret.Interpretation}`` with each model and its predictions.
 
+    A model whose sidecar lists other classes than ``class_names`` is skipped with a printed
+    reason; one with the same classes in another order is scored with its outputs reordered
+    (:func:`class_order`).
+
     Raises:
         FileNotFoundError: If ``paths`` is empty (train models in notebooks 02/03 first).
+        ClassMismatchError: If every model was trained on other classes.
     """
     from cnnlab.interpret import Interpretation
 
@@ -449,13 +494,23 @@ def evaluate_models(
         raise FileNotFoundError("no saved models to evaluate; run notebooks 02 and 03 first")
     rows_out, interpretations = [], {}
     for path in paths:
+        meta = load_metadata(path)
+        name = meta.get("model", Path(path).stem)
+        try:
+            order = class_order(meta.get("class_names"), class_names, display_path(path))
+        except ClassMismatchError as error:
+            print(f"skipped: {error}")
+            continue
         model = load_model(path)
-        name = load_metadata(path).get("model", Path(path).stem)
-        interp = Interpretation.from_model(model, rows, class_names, batch_size, name=name)
+        interp = Interpretation.from_model(model, rows, class_names, batch_size, name=name,
+                                           column_order=order)
         timings = [measure_latency(model, b, warmup, repeats) for b in latency_batch_sizes]
         rows_out.append(leaderboard_row(path, interp.predictions, model, timings,
                                         checkpoints_dir))
         interpretations[name] = interp
+    if not rows_out:
+        raise ClassMismatchError("no saved model was trained on this split's classes (see the "
+                                 "lines above); run notebooks 02 and 03 on this manifest")
     board = pd.DataFrame(rows_out).sort_values("accuracy", ascending=False).reset_index(drop=True)
     if "ms/image (batch 1)" in board:
         board.insert(board.columns.get_loc("ms/image (batch 1)"), "Pareto",

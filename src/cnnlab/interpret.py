@@ -32,8 +32,9 @@ import pandas as pd
 import tensorflow as tf
 from matplotlib.figure import Figure
 
+from cnnlab.config import display_path
 from cnnlab.data import load_image, split_dataset
-from cnnlab.evaluate import Predictions, predict_dataset
+from cnnlab.evaluate import Predictions, class_order, predict_dataset
 from cnnlab.export import load_metadata, load_model
 from cnnlab.plots import plot_confusion_matrix, plot_predictions
 from cnnlab.storage import atomic_path
@@ -230,7 +231,7 @@ class Interpretation:
     @classmethod
     def from_model(cls, model: keras.Model | str | os.PathLike, split: pd.DataFrame,
                    class_names: list[str] | None = None, batch_size: int = 32,
-                   name: str | None = None) -> Interpretation:
+                   name: str | None = None, column_order=None) -> Interpretation:
         """Predicts a whole split once, at the model's own input size.
 
         Args:
@@ -240,13 +241,20 @@ class Interpretation:
             class_names: Names in index order (required for an in-memory model).
             batch_size: Images per prediction batch.
             name: Model name for titles (default: the sidecar's or the model's).
+            column_order: The model's output columns in ``class_names`` order
+                (``evaluate.class_order``); for a path it comes from the sidecar.
 
         Raises:
             ValueError: If ``class_names`` is missing for an in-memory model, or the split
                 holds label indices beyond it.
+            evaluate.ClassMismatchError: If a saved model's sidecar lists other classes than
+                ``class_names``.
         """
         if isinstance(model, (str, os.PathLike)):
             meta = load_metadata(model)
+            if class_names is not None and column_order is None:
+                column_order = class_order(meta.get("class_names"), class_names,
+                                           display_path(model))
             class_names = class_names or meta.get("class_names")
             name = name or meta.get("model", Path(model).stem)
             model = load_model(model)
@@ -257,7 +265,7 @@ class Interpretation:
                              f"only {len(class_names)} class names were given")
         rows = split.reset_index(drop=True)
         dataset = split_dataset(rows, int(model.input_shape[1]), batch_size)
-        return cls(model, rows, predict_dataset(model, dataset, class_names),
+        return cls(model, rows, predict_dataset(model, dataset, class_names, column_order),
                    name or model.name)
 
     @property
