@@ -309,8 +309,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     def recompute(self, model: keras.Model | None = None) -> int:
         """Sets the moving statistics to the average over the batches; returns the layer count."""
         model = model or self.model
-        layers = [layer for layer in model._flatten_layers(include_self=False)
-                  if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+        layers = batchnorm_in_training_mode(model)
         if not layers:
             return 0
         momenta = [layer.momentum for layer in layers]
@@ -325,10 +324,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         return len(layers)
 
 
-def has_batchnorm_in_training_mode(model: keras.Model) -> bool:
-    """Whether any BatchNormalization layer of ``model`` (nested ones included) is trainable."""
-    return any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-               for layer in model._flatten_layers(include_self=False))
+def batchnorm_in_training_mode(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """The trainable BatchNormalization layers of ``model``, nested ones included."""
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -686,7 +685,7 @@ def _train_end_to_end(model, data: TrainingData, run: RunFolder, epochs: int, lr
         return
     compile_classifier(model, lr, jit_compile)
     extra = []
-    if has_batchnorm_in_training_mode(model):
+    if batchnorm_in_training_mode(model):
         images = min(PRECISE_BN_IMAGES, len(data.train_rows))
         extra.append(PreciseBatchNorm(data.train_ds(augment=False),
                                       math.ceil(images / data.batch_size)))
