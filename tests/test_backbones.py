@@ -89,3 +89,23 @@ def test_local_imagenet_weights_load(shared_dir):
     first = next(w for w in pretrained.weights if "kernel" in w.path)
     other = next(w for w in random.weights if w.path == first.path)
     assert not np.allclose(np.asarray(first), np.asarray(other))
+
+
+def test_mobilenet_v2_local_imagenet_weights_load_and_classify_real_photos(shared_dir):
+    """The converted torchvision ImageNet-1k file loads onto keras.applications.MobileNetV2."""
+    choice = resolve_weights("mobilenet_v2", "local", shared_dir / "weights")
+    assert choice.source == "file" and choice.path.name == "mobilenet_v2_imagenet_notop.weights.h5"
+    pretrained = build_backbone("mobilenet_v2", 96, choice)
+    random = build_backbone("mobilenet_v2", 96, "none")
+    assert pretrained.count_params() == 2_257_984  # keras.applications, alpha 1.0, no top
+    first = next(w for w in pretrained.weights if "kernel" in w.path)
+    other = next(w for w in random.weights if w.path == first.path)
+    assert not np.allclose(np.asarray(first), np.asarray(other))
+    assert BACKBONES["mobilenet_v2"].preprocessing == "tf"  # mobilenet_v2.preprocess_input
+
+
+def test_mobilenet_v2_boundary_unfreezes_blocks_13_to_16():
+    backbone = build_backbone("mobilenet_v2", 32, "none")
+    names = [layer.name for layer in backbone.layers[fine_tune_boundary(backbone):]]
+    assert names[0] == "block_13_expand" and "block_16_project" in names
+    assert not any(name.startswith("block_12") for name in names)

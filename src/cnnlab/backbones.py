@@ -8,7 +8,8 @@ Preprocessing, as documented by ``keras.applications`` (and checked against each
 ``preprocess_input`` in the tests):
 
 - ``"inside"``: the model rescales raw ``[0, 255]`` RGB itself (EfficientNet, MobileNetV3).
-- ``"tf"``: ``x / 127.5 - 1`` (InceptionV3; Szegedy et al. 2016, arXiv:1512.00567).
+- ``"tf"``: ``x / 127.5 - 1`` (InceptionV3, Szegedy et al. 2016, arXiv:1512.00567;
+  MobileNetV2, Sandler et al. 2018, arXiv:1801.04381).
 - ``"torch"``: ``x / 255``, minus ImageNet mean, divided by std per channel (DenseNet).
 - ``"caffe"``: RGB -> BGR, minus ImageNet BGR mean, no scaling (VGG16; Simonyan & Zisserman
   2015, arXiv:1409.1556).
@@ -89,7 +90,8 @@ class BackboneSpec:
         frozen_through: Stage 2 of fine-tuning unfreezes every layer after the last one whose
             name starts with this prefix (InceptionV3: after ``mixed8``, the top two inception
             blocks, as in the Keras fine-tuning guide; VGG16: ``block5``; whole blocks for
-            MobileNetV3, EfficientNet and DenseNet).
+            MobileNetV2 (``block_13`` to ``block_16``), MobileNetV3, EfficientNet and
+            DenseNet). Used by the ``"top"`` unfreeze rule of ``train.fine_tune``.
         reference: Paper of the architecture.
     """
 
@@ -121,6 +123,11 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec(
             "vgg16", _apps.VGG16, {}, "caffe", _apps.vgg16.preprocess_input,
             224, 32, "block4", "Simonyan & Zisserman 2015, arXiv:1409.1556",
+        ),
+        BackboneSpec(
+            "mobilenet_v2", _apps.MobileNetV2, {"alpha": 1.0}, "tf",
+            _apps.mobilenet_v2.preprocess_input, 224, 32, "block_12",
+            "Sandler et al. 2018, arXiv:1801.04381",
         ),
         BackboneSpec(
             "mobilenet_v3_small", _apps.MobileNetV3Small,
