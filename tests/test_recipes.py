@@ -1,0 +1,129 @@
+"""Fine-tuning recipes: discriminative rates, decoupled weight decay, schedule, smoothing."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from cnnlab.models import build_transfer_model, find_backbone
+from cnnlab.recipes import (
+    RECIPES,
+    FineTuneRecipe,
+    LayerwiseAdamW,
+    SparseCategoricalCrossentropy,
+    get_recipe,
+    group_multipliers,
+    layer_groups,
+    warmup_cosine,
+)
+from cnnlab.train import set_fine_tune_trainable
+
+
+def test_group_multipliers_follow_fastai_even_mults():
+    # fastai: slice(lr / 100, lr) over body groups + head gives lr/100, lr/10, lr.
+    np.testing.assert_allclose(group_multipliers(100, 2), [0.01, 0.1])
+    np.testing.assert_allclose(group_multipliers(8, 3), [0.125, 0.25, 0.5])
+    with pytest.raises(ValueError, match="positive"):
+        group_multipliers(0, 2)
+
+
+def test_discriminative_rates_differ_per_layer_group_read_from_the_optimizer():
+    model = build_transfer_model("mobilenet_v3_small_075", 4, 32, "none")
+    backbone = find_backbone(model)
+    backbone.trainable = False  # as a pretrained backbone would be before stage 2
+    set_fine_tune_trainable(model, unfreeze="all")
+    recipe = get_recipe("default")
+    optimizer = recipe.make_optimizer(model, backbone, 1e-3, 100)
+    optimizer.build(model.trainable_variables)
+    groups = layer_groups(backbone, recipe.groups)
+    assert len(groups) == recipe.groups and all(groups)
+    expected = group_multipliers(recipe.lr_mult, recipe.groups)
+    for group, factor in zip(groups, expected):
+        factors = [optimizer.rate_multiplier(v) for layer in group
+                   for v in layer.trainable_weights]
+        assert factors == pytest.approx([factor] * len(factors))
+    head = model.get_layer("head")
+    assert {optimizer.rate_multiplier(v) for v in head.trainable_weights} == {1.0}
+    assert len(set(expected)) == recipe.groups and expected[0] < expected[-1] < 1.0
+    # Every trainable variable of the backbone is in a group; BatchNorm has none trainable.
+    in_groups = {v.path for group in groups for layer in group for v in layer.trainable_weights}
+    assert in_groups == {v.path for v in backbone.trainable_weights}
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                   for layer in backbone.layers)
+
+
+def test_layerwise_rates_scale_the_adam_step_and_the_weight_decay():
+    head = keras.Variable(np.ones((3, 2), "float32"), name="head_kernel")
+    low = keras.Variable(np.ones((3, 2), "float32"), name="stem_kernel")
+    optimizer = LayerwiseAdamW(1e-2, weight_decay=0.0, multipliers={low.path: 0.1})
+    optimizer.build([head, low])
+    assert optimizer.rate_multiplier(head) == 1.0 and optimizer.rate_multiplier(low) == 0.1
+    gradient = np.full((3, 2), 0.5, "float32")
+    optimizer.apply([gradient, gradient], [head, low])
+    head_step = 1.0 - np.asarray(head)
+    low_step = 1.0 - np.asarray(low)
+    # Adam's first step is lr * g / (|g| + eps): the rate itself, scaled by the factor.
+    np.testing.assert_allclose(head_step, 1e-2, rtol=1e-3)
+    np.testing.assert_allclose(low_step, 1e-3, rtol=1e-3)
+
+    # Decoupled weight decay: with a zero gradient the only change is w * wd * rate * factor,
+    # on kernels only (1-D variables such as biases are not decayed).
+    kernel = keras.Variable(np.full((2, 2), 2.0, "float32"), name="kernel")
+    bias = keras.Variable(np.full((2,), 2.0, "float32"), name="bias")
+    decayed = LayerwiseAdamW(1e-2, weight_decay=0.5, multipliers={kernel.path: 0.1})
+    decayed.build([kernel, bias])
+    zero = [np.zeros((2, 2), "float32"), np.zeros((2,), "float32")]
+    decayed.apply(zero, [kernel, bias])
+    np.testing.assert_allclose(np.asarray(kernel), 2.0 - 2.0 * 0.5 * 1e-2 * 0.1, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(bias), 2.0)
+
+
+def test_optimizer_config_round_trips():
+    optimizer = LayerwiseAdamW(warmup_cosine(1e-3, 50, 5), weight_decay=0.02,
+                               multipliers={"a/kernel": 0.1})
+    again = LayerwiseAdamW.from_config(optimizer.get_config())
+    assert again.decoupled_weight_decay == 0.02 and again.multipliers == {"a/kernel": 0.1}
+    assert again.weight_decay is None  # applied per variable, not by the base class
+
+
+def test_warmup_cosine_schedule_values_at_known_steps():
+    schedule = warmup_cosine(1e-3, total_steps=110, warmup_steps=10)
+    values = {step: float(schedule(step)) for step in (0, 5, 10, 60, 110, 500)}
+    assert values[0] == pytest.approx(1e-4)  # start: peak / 10
+    assert values[5] == pytest.approx(5.5e-4)  # linear half-way
+    assert values[10] == pytest.approx(1e-3)  # peak at the end of the warm-up
+    # half-way through the cosine: peak * (alpha + (1 - alpha) * 0.5), alpha = 0.01
+    assert values[60] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5), rel=1e-5)
+    assert values[110] == pytest.approx(1e-5)  # end: peak * alpha
+    assert values[500] == pytest.approx(1e-5)
+
+
+def test_recipe_rate_is_the_schedule_or_a_constant():
+    cosine = RECIPES["default"].learning_rate(1e-3, 100)
+    assert float(cosine(0)) < float(cosine(10)) == pytest.approx(1e-3)
+    assert RECIPES["plain"].learning_rate(2e-4, 100) == 2e-4
+
+
+def test_label_smoothing_loss_matches_the_formula():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "float32")
+    labels = np.array([0, 2])
+    plain = SparseCategoricalCrossentropy(0.0)(labels, probs)
+    reference = keras.losses.SparseCategoricalCrossentropy()(labels, probs)
+    np.testing.assert_allclose(float(plain), float(reference), rtol=1e-6)
+    smoothed = float(SparseCategoricalCrossentropy(0.3)(labels[:1], probs[:1]))
+    target = np.array([1 - 0.3 + 0.1, 0.1, 0.1])
+    np.testing.assert_allclose(smoothed, -(target * np.log(probs[0])).sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        SparseCategoricalCrossentropy(1.0)
+
+
+def test_unknown_recipe_and_rules_are_refused():
+    with pytest.raises(KeyError, match="choose one of"):
+        get_recipe("magic")
+    with pytest.raises(ValueError, match="unfreeze rule"):
+        FineTuneRecipe("x", unfreeze="half")
+    with pytest.raises(ValueError, match="schedule rule"):
+        FineTuneRecipe("x", schedule="step")
+    assert get_recipe(None) is RECIPES["default"]
+    assert "AdamW" in RECIPES["default"].describe(1e-3)
