@@ -43,7 +43,9 @@ def test_all_six_notebooks_run_on_sample_with_smoke_profile(project, offline_ass
     assert "imagenet (local file mobilenet_v3_small_075" in transfer
     assert "NONE (RANDOM INIT" in transfer  # efficientnet_b0 has no local weights: said loudly
     board = pd.read_csv(project.reports / "sample-leaderboard.csv")
-    assert sorted(board["model"]) == ["efficientnet_b0", "mobilenet_v3_small_075", "retail_cnn"]
+    assert sorted(board["model"]) == ["efficientnet_b0", "mobilenet_v3_small_075",
+                                      "mobilenet_v3_small_075_scratch", "retail_cnn"]
+    assert "pretrained - scratch" in transfer  # the twin comparison table
     assert (board["test images"] == board["test images"].iloc[0]).all()
     assert "best test accuracy on the leaderboard" in _outputs(report / "06_inference.ipynb")
     for figure in ("01_class_counts", "02_architecture_retail_cnn", "03_val_accuracy",

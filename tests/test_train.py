@@ -85,8 +85,8 @@ def test_fine_tune_trains_above_the_boundary_only_and_keeps_bn_statistics(
     backbone = find_backbone(model)
     before = {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers}
     head_before = [w.numpy() for w in model.get_layer("head").weights]
-    result = fine_tune(model, data, freeze_epochs=1, epochs=2, base_lr=1e-2, dirs=project,
-                       save=False, verbose=0)
+    result = fine_tune(model, data, freeze_epochs=1, epochs=2, base_lr=1e-2, recipe="top",
+                       dirs=project, save=False, verbose=0)
     # fine_tune restores the best validation epoch, which may be the frozen stage's on 9
     # validation images; the weights stage 2 trained are the last checkpoint.
     load_weights(model, result.run.last)
@@ -106,6 +106,37 @@ def test_fine_tune_trains_above_the_boundary_only_and_keeps_bn_statistics(
     assert any(not np.array_equal(a, b.numpy())
                for a, b in zip(head_before, model.get_layer("head").weights))
     assert len(result.history) == 3 and result.stage_boundary == 1
+
+
+def test_default_recipe_trains_the_whole_backbone_and_keeps_bn_statistics(
+        sample_root, project, shared_dir):
+    data = TrainingData(build_manifest(sample_root, "sample"), 32, 8, seed=5)
+    model = build_transfer_model(BACKBONE, data.num_classes, 32, str(_weights(shared_dir)))
+    backbone = find_backbone(model)
+    before = {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers}
+    result = fine_tune(model, data, freeze_epochs=1, epochs=2, base_lr=1e-2, dirs=project,
+                       save=False, verbose=0)
+    load_weights(model, result.run.last)  # the weights stage 2 trained (see the test above)
+    bn = [layer for layer in backbone.layers
+          if isinstance(layer, keras.layers.BatchNormalization)]
+    others = [layer for layer in backbone.layers
+              if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and len(others) > 40
+
+    def changed(layer):
+        return any(not np.array_equal(a, b.numpy())
+                   for a, b in zip(before[layer.name], layer.weights))
+
+    assert all(changed(layer) for layer in others)  # the stem too, not only the top blocks
+    assert not any(changed(layer) for layer in bn)  # gamma, beta, moving mean and variance
+    args = yaml.safe_load(result.run.args.read_text())
+    assert args["recipe"]["name"] == "default" and args["recipe"]["unfreeze"] == "all"
+    # The stage-2 optimizer gives the stem a smaller rate than the top blocks and the head.
+    optimizer = model.optimizer
+    stem = optimizer.rate_multiplier(others[0].trainable_weights[0])
+    top = optimizer.rate_multiplier(others[-1].trainable_weights[0])
+    head = optimizer.rate_multiplier(model.get_layer("head").trainable_weights[0])
+    assert stem < top < head == 1.0
 
 
 @pytest.mark.parametrize("name,first_trainable", [
@@ -330,3 +361,28 @@ def test_op_determinism_gives_the_same_metrics_on_cpu(sample_root, tmp_path):
     runs = json.loads(result.stdout.split("RESULT", 1)[1])
     assert runs[0] == runs[1]  # same seed: identical losses and accuracies, every epoch
     assert runs[0]["loss"] != runs[2]["loss"]  # another seed: another run
+
+
+def test_short_real_fine_tune_beats_its_own_frozen_stage(project, shared_dir):
+    """On real photos (vehicles, 6 classes) stage 2 must add to what the frozen head learned."""
+    from cnnlab.data import split_dataset
+    from cnnlab.datasets import prepare_dataset
+
+    manifest = prepare_dataset("vehicles", shared_dir / "datasets" / "vehicles", project,
+                               classes=["all"])
+    train_module.seed_everything(0)
+    data = TrainingData(manifest, 96, 32, hflip=True, seed=0, max_train_per_class=40)
+    result = fine_tune("mobilenet_v3_small_075", data, freeze_epochs=10, epochs=4,
+                       weights="local", weights_dir=shared_dir / "weights", dirs=project,
+                       save=False, verbose=0)
+    test_rows = manifest.split("test")
+    test = split_dataset(test_rows, 96, 64)
+    labels = test_rows["label_index"].to_numpy()
+
+    def accuracy(model):
+        return float((model.predict(test, verbose=0).argmax(axis=1) == labels).mean())
+
+    final = accuracy(result.model)
+    load_weights(result.model, result.run.frozen)
+    frozen = accuracy(result.model)
+    assert final > frozen + 0.03, (frozen, final)

@@ -16,6 +16,7 @@ from cnnlab.config import PROFILES
 from cnnlab.datasets import DATASETS
 from cnnlab.distribute import STRATEGIES
 from cnnlab.models import CUSTOM_MODELS
+from cnnlab.recipes import RECIPES
 
 
 def _csv(text: str | None):
@@ -104,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
                         "on training images (post-training quantisation)")
     export.add_argument("--calibration-images", type=int, default=200)
 
-    commands.add_parser("list", help="print datasets, profiles, backbones and custom models")
+    commands.add_parser("list", help="print datasets, profiles, backbones, custom models "
+                                          "and fine-tuning recipes")
     return parser
 
 
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
         for title, registry in (("datasets", DATASETS), ("profiles", PROFILES),
-                                ("backbones", BACKBONES), ("custom models", CUSTOM_MODELS)):
+                                ("backbones", BACKBONES), ("custom models", CUSTOM_MODELS),
+                                ("fine-tuning recipes", RECIPES)):
             print(f"{title}: {', '.join(registry)}")
         return 0
     if args.command == "validate":

@@ -47,6 +47,7 @@ import yaml
 from cnnlab import distribute
 from cnnlab.backbones import fine_tune_boundary
 from cnnlab.models import find_backbone
+from cnnlab.recipes import FineTuneRecipe, get_recipe
 from cnnlab.storage import write_json, write_text
 
 # Keys of args.yaml added by RunFolder.write_args, not part of a run's configuration.
@@ -471,17 +472,21 @@ def precision(policy: str | None):
 
 
 def compile_classifier(model: keras.Model, learning_rate: float,
-                       jit_compile: bool | str = False) -> keras.Model:
+                       jit_compile: bool | str = False,
+                       optimizer: keras.optimizers.Optimizer | None = None,
+                       loss: keras.losses.Loss | None = None) -> keras.Model:
     """Compiles with Adam, sparse categorical cross-entropy and accuracy.
 
     Args:
         model: Model ending in a softmax.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate (ignored when ``optimizer`` is given).
         jit_compile: XLA-compile the train step (``"auto"``: Keras decides, off on CPU).
+        optimizer: Another optimizer (e.g. a recipe's ``LayerwiseAdamW``).
+        loss: Another loss (e.g. with label smoothing).
     """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
+        loss=loss or keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
     )
@@ -630,7 +635,9 @@ class TrainingResult:
     def summary(self) -> dict:
         """Best validation accuracy and the facts a comparison table needs."""
         best = self.history["val_accuracy"].idxmax()
+        args = self.run.read_args()
         row = {"model": self.name, "weights": self.weights,
+               "image px": args.get("image_size"), "train images": args.get("train_images"),
                "epochs": len(self.history),
                "best val accuracy": round(float(self.history["val_accuracy"].max()), 4),
                "best epoch": int(self.history["epoch"].iloc[best]) + 1,
@@ -680,7 +687,7 @@ def _run_name(data: TrainingData, name: str, strategy) -> str:
 
 
 def _train_end_to_end(model, data: TrainingData, run: RunFolder, epochs: int, lr: float,
-                      jit_compile, verbose) -> None:
+                      jit_compile, verbose, callbacks=None) -> None:
     if run.completed("train"):  # killed after training, before the run was marked finished
         return
     compile_classifier(model, lr, jit_compile)
@@ -692,7 +699,7 @@ def _train_end_to_end(model, data: TrainingData, run: RunFolder, epochs: int, lr
         print(f"BatchNorm statistics are recomputed on {images} un-augmented training images "
               f"after every epoch, before validation (Precise BN, arXiv:2105.07576)")
     fit(model, data.train_ds(), data.val_ds(), run, epochs, stage="train", verbose=verbose,
-        class_weight=data.class_weight(), callbacks=extra)
+        class_weight=data.class_weight(), callbacks=extra + list(callbacks or []))
     run.complete("train")
 
 
@@ -724,16 +731,19 @@ def train_classifier(
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def set_fine_tune_trainable(model: keras.Model, train_bn: bool = False) -> int:
-    """Unfreezes the backbone of a transfer model from its registry boundary on.
+def set_fine_tune_trainable(model: keras.Model, train_bn: bool = False,
+                            unfreeze: str = "top") -> int:
+    """Unfreezes the backbone of a transfer model: all of it, or from its registry boundary on.
 
-    Layers before :func:`cnnlab.backbones.fine_tune_boundary` stay frozen, and so do all
-    BatchNormalization layers unless ``train_bn`` (their moving statistics never change
-    anyway: a pretrained backbone is called with ``training=False``).
+    With ``unfreeze="top"``, layers before :func:`cnnlab.backbones.fine_tune_boundary` stay
+    frozen; with ``"all"`` every layer is unfrozen. BatchNormalization layers stay frozen
+    either way unless ``train_bn`` (their moving statistics never change anyway: a pretrained
+    backbone is called with ``training=False``).
 
     Args:
         model: A model built by ``models.build_transfer_model``.
-        train_bn: Also train BatchNormalization scale and offset above the boundary.
+        train_bn: Also train BatchNormalization scale and offset of the unfrozen part.
+        unfreeze: ``"top"`` or ``"all"`` (``recipes.UNFREEZE_RULES``).
 
     Returns:
         Number of trainable backbone layers with weights.
@@ -744,7 +754,11 @@ def set_fine_tune_trainable(model: keras.Model, train_bn: bool = False) -> int:
     backbone = find_backbone(model)
     if backbone is None:
         raise ValueError(f"{model.name} has no nested backbone to fine-tune")
-    start = fine_tune_boundary(backbone)
+    from cnnlab.recipes import UNFREEZE_RULES
+
+    if unfreeze not in UNFREEZE_RULES:
+        raise ValueError(f"unknown unfreeze rule {unfreeze!r}; choose one of {UNFREEZE_RULES}")
+    start = fine_tune_boundary(backbone) if unfreeze == "top" else 0
     backbone.trainable = True
     count = 0
     for index, layer in enumerate(backbone.layers):
@@ -755,7 +769,8 @@ def set_fine_tune_trainable(model: keras.Model, train_bn: bool = False) -> int:
 
 
 def _frozen_stage(model, data: TrainingData, run: RunFolder, epochs: int, lr: float,
-                  cache_features: bool, strategy, dirs, jit_compile, verbose) -> bool:
+                  cache_features: bool, strategy, dirs, jit_compile, verbose, loss,
+                  callbacks=None) -> bool:
     """Stage 1: the head on the frozen backbone; returns whether cached features were used."""
     from cnnlab import features
 
@@ -772,19 +787,20 @@ def _frozen_stage(model, data: TrainingData, run: RunFolder, epochs: int, lr: fl
             reason = f"{error}"
     if reason is not None:
         print(f"feature cache off ({reason})")
-        compile_classifier(model, lr, jit_compile)
+        compile_classifier(model, lr, jit_compile, loss=loss)
         fit(model, data.train_ds(augment=True), data.val_ds(), run, epochs, stage="frozen",
-            verbose=verbose, class_weight=data.class_weight())
+            verbose=verbose, class_weight=data.class_weight(), callbacks=callbacks)
         return False
     print(f"stage 1: head on cached {model.name} features (computed once; no augmentation, "
           f"cached features come from the un-augmented images)")
     x_train, y_train = cache.features("train", data.train_rows, data.batch_size)
     x_val, y_val = cache.features("val", data.val_rows, data.batch_size)
     head = features.head_model(model)
-    compile_classifier(head, lr, jit_compile)
+    compile_classifier(head, lr, jit_compile, loss=loss)
     fit(head, features.features_dataset(x_train, y_train, data.batch_size, True, data.seed),
         features.features_dataset(x_val, y_val, data.batch_size), run, epochs,
-        stage="frozen", verbose=verbose, target=model, class_weight=data.class_weight())
+        stage="frozen", verbose=verbose, target=model, class_weight=data.class_weight(),
+        callbacks=callbacks)
     return True
 
 
@@ -794,8 +810,7 @@ def fine_tune(
     freeze_epochs: int = 4,
     epochs: int = 8,
     base_lr: float = 1e-3,
-    lr_mult: float = 0.1,
-    train_bn: bool = False,
+    recipe: str | FineTuneRecipe | None = None,
     *,
     weights: str = "imagenet",
     weights_dir: str | os.PathLike | None = None,
@@ -808,18 +823,26 @@ def fine_tune(
     resume: bool = True,
     run_config: dict | None = None,
     scratch_epochs: int | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    name: str | None = None,
     verbose: int | str = 2,
 ) -> TrainingResult:
-    """Transfer learning in one call: head on the frozen backbone, then the top of the backbone.
+    """Transfer learning in one call: head on the frozen backbone, then the whole backbone.
 
-    Stage 1 trains only the head for ``freeze_epochs`` at ``base_lr``, on cached backbone
-    features when ``cache_features`` (``cnnlab.features``: computed once, then seconds per
-    epoch; no augmentation in this stage). Stage 2 unfreezes the backbone from its registry
-    boundary (``backbones.BackboneSpec.frozen_through``), BatchNormalization kept frozen
-    unless ``train_bn``, and trains ``epochs`` more on live augmented images at
-    ``base_lr * lr_mult``: the recipe of the Keras transfer-learning guide
-    (https://keras.io/guides/transfer_learning/) and of fastai's ``fine_tune``
-    (https://docs.fast.ai/callback.schedule.html#learner.fine_tune). The backbone runs with
+    Stage 1 trains only the head for ``freeze_epochs`` at ``base_lr`` (Adam), on cached
+    backbone features when ``cache_features`` (``cnnlab.features``: computed once, then
+    seconds per epoch; no augmentation in this stage). Stage 2 trains ``epochs`` more on live
+    augmented images as the ``recipe`` says (``cnnlab.recipes``). The ``"default"`` recipe,
+    fastai's ``fine_tune`` (https://docs.fast.ai/callback.schedule.html#learner.fine_tune)
+    with AdamW: every backbone layer unfrozen except BatchNormalization, which stays frozen
+    in inference mode (the Keras transfer-learning guide,
+    https://keras.io/guides/transfer_learning/); discriminative rates, the head at
+    ``base_lr`` and three backbone layer groups geometrically below it down to a third of
+    that (``lr_mult=3``); a linear warm-up over the first 10% of the steps, then cosine
+    decay; decoupled weight decay 0.01 on kernels; label smoothing 0.1 in both stages. On the
+    cards subset with MobileNetV3Small 0.75 it replaced the top-blocks recipe (``"top"``)
+    after ``benchmarks/time_to_accuracy.py`` measured both (figures in
+    ``docs/benchmarks/time_to_accuracy.json`` and docs/benchmarks.md). The backbone runs with
     ``training=False``, so BN moving statistics never change. The best validation checkpoint
     over both stages is restored at the end.
 
@@ -836,9 +859,10 @@ def fine_tune(
         data: The splits (:class:`TrainingData`); its batch size is per replica.
         freeze_epochs: Stage 1 epochs.
         epochs: Stage 2 epochs.
-        base_lr: Adam learning rate of stage 1 (scaled by the number of replicas).
-        lr_mult: Stage 2 rate as a fraction of ``base_lr``.
-        train_bn: Also train BatchNormalization scale and offset in stage 2.
+        base_lr: Adam learning rate of stage 1 (scaled by the number of replicas); stage 2's
+            peak head rate is ``base_lr * recipe.lr_scale``.
+        recipe: Stage 2's recipe: a key of ``recipes.RECIPES`` or a ``FineTuneRecipe``
+            (None: ``"default"``).
         weights: For a registry key: ``"imagenet"``, ``"local"``, ``"none"`` or a file
             (``backbones.resolve_weights``).
         weights_dir: Folder of local ImageNet weights files.
@@ -851,6 +875,9 @@ def fine_tune(
         resume: Continue an interrupted run of the same configuration.
         run_config: Extra facts for ``args.yaml`` (e.g. the profile name).
         scratch_epochs: Epochs end to end without pretrained weights (see above).
+        callbacks: Extra Keras callbacks for every stage (e.g. a timer).
+        name: Model name for the run folder and ``models/`` (default: the backbone's), e.g.
+            ``mobilenet_v2_scratch`` for a from-scratch twin.
         verbose: Keras verbosity.
 
     Returns:
@@ -864,6 +891,7 @@ def fine_tune(
     from cnnlab.config import project_dirs
     from cnnlab.models import build_transfer_model
 
+    recipe = get_recipe(recipe)
     dirs = dirs or project_dirs()
     strategy, data, lr = _prepare(data, strategy, base_lr)
     with precision(mixed_precision), strategy.scope():
@@ -880,6 +908,8 @@ def fine_tune(
             pretrained = not backbone.trainable
             label = "as given (backbone frozen: pretrained)" if pretrained else \
                 "as given (backbone trainable: trained end to end)"
+    if name:
+        model.name = name  # type: ignore[misc]
     name = model.name
     shown = label if pretrained else label.upper()
     scratch_epochs = scratch_epochs or freeze_epochs + epochs
@@ -894,8 +924,9 @@ def fine_tune(
         "manifest": data.fingerprints(), "freeze_epochs": freeze_epochs,
         "fine_tune_epochs": epochs, "scratch_epochs": None if pretrained else scratch_epochs,
         "batch_size": data.batch_size,
-        "replicas": strategy.num_replicas_in_sync, "learning_rate": lr, "lr_mult": lr_mult,
-        "train_bn": train_bn, "seed": data.seed, "weights": label, "pretrained": pretrained,
+        "replicas": strategy.num_replicas_in_sync, "learning_rate": lr,
+        "recipe": dataclasses.asdict(recipe), "seed": data.seed, "weights": label,
+        "pretrained": pretrained,
         "cache_features": cache_features, "mixed_precision": mixed_precision or "float32",
         "jit_compile": jit_compile, "strategy": distribute.strategy_name(strategy),
         **(run_config or {})}
@@ -904,7 +935,8 @@ def fine_tune(
     used_cache = False
     with strategy.scope():
         if not pretrained:
-            _train_end_to_end(model, data, run, scratch_epochs, lr, jit_compile, verbose)
+            _train_end_to_end(model, data, run, scratch_epochs, lr, jit_compile, verbose,
+                              callbacks)
         else:
             if run.completed("frozen"):
                 print(f"stage 1 finished in an earlier run: continuing from "
@@ -912,26 +944,42 @@ def fine_tune(
                 load_weights(model, run.frozen)
             elif freeze_epochs > 0:
                 used_cache = _frozen_stage(model, data, run, freeze_epochs, lr, cache_features,
-                                           strategy, dirs, jit_compile, verbose)
+                                           strategy, dirs, jit_compile, verbose,
+                                           recipe.loss(), callbacks)
                 save_weights_atomic(model, run.frozen)
                 run.complete("frozen")
             if epochs > 0 and not run.completed("fine_tune"):
-                unfrozen = set_fine_tune_trainable(model, train_bn)
-                print(f"stage 2: fine-tuning {unfrozen} backbone layers of {name} at "
-                      f"lr {lr * lr_mult:g}")
-                compile_classifier(model, lr * lr_mult, jit_compile)
-                fit(model, data.train_ds(), data.val_ds(), run, freeze_epochs + epochs,
-                    initial_epoch=freeze_epochs, stage="fine_tune", verbose=verbose,
-                    class_weight=data.class_weight())
-                run.complete("fine_tune")
+                _fine_tune_stage(model, data, run, recipe, lr, freeze_epochs, epochs,
+                                 jit_compile, verbose, callbacks)
     history = _finish(model, run)
     seconds = time.perf_counter() - start
     paths = {}
     if save and distribute.is_chief(strategy):
         paths = _save(model, dirs, data, name, seconds, label, run,
-                      {"backbone": name, "freeze_epochs": freeze_epochs if pretrained else 0})
+                      {"backbone": find_backbone(model).name,
+                       "freeze_epochs": freeze_epochs if pretrained else 0})
     return TrainingResult(name, model, history, run, paths, seconds, label,
                           freeze_epochs if pretrained else None, used_cache)
+
+
+def _fine_tune_stage(model, data: TrainingData, run: RunFolder, recipe: FineTuneRecipe,
+                     lr: float, freeze_epochs: int, epochs: int, jit_compile, verbose,
+                     callbacks) -> None:
+    """Stage 2: the recipe's layers unfrozen, its optimizer, schedule and loss."""
+    unfrozen = set_fine_tune_trainable(model, recipe.train_bn, recipe.unfreeze)
+    peak = lr * recipe.lr_scale
+    steps = math.ceil(len(data.train_rows) / data.batch_size) * epochs
+    optimizer = recipe.make_optimizer(model, find_backbone(model), peak, steps)
+    print(f"stage 2 ({recipe.name} recipe): {unfrozen} backbone layers with weights trainable: "
+          f"{recipe.describe(peak)}; {epochs} epochs of {steps // epochs} steps")
+    compile_classifier(model, peak, jit_compile, optimizer=optimizer, loss=recipe.loss())
+    # Built now, so that a resumed stage restores the optimizer's step (the schedule) and
+    # moments from the backup instead of skipping them.
+    model.optimizer.build(model.trainable_variables)
+    fit(model, data.train_ds(), data.val_ds(), run, freeze_epochs + epochs,
+        initial_epoch=freeze_epochs, stage="fine_tune", verbose=verbose,
+        class_weight=data.class_weight(), callbacks=callbacks)
+    run.complete("fine_tune")
 
 
 # --------------------------------------------------------------------------- entry points
@@ -945,13 +993,13 @@ def fine_tune_options(profile) -> dict:
     """The keyword arguments of :func:`fine_tune` that a ``config.Profile`` sets.
 
     Returns:
-        ``freeze_epochs``, ``epochs``, ``scratch_epochs``, ``base_lr``, ``lr_mult``,
+        ``freeze_epochs``, ``epochs``, ``scratch_epochs``, ``base_lr``, ``recipe``,
         ``cache_features``, ``strategy``, ``mixed_precision``, ``jit_compile`` and
         ``run_config``.
     """
     return {"freeze_epochs": profile.freeze_epochs, "epochs": profile.fine_tune_epochs,
             "scratch_epochs": profile.scratch_epochs,
-            "base_lr": profile.learning_rate, "lr_mult": profile.fine_tune_lr_mult,
+            "base_lr": profile.learning_rate, "recipe": profile.fine_tune_recipe,
             "cache_features": profile.cache_features, "strategy": profile.strategy,
             "mixed_precision": profile.mixed_precision, "jit_compile": profile.jit_compile,
             "run_config": {**_profile_config(profile), "deterministic": profile.deterministic}}
@@ -1008,7 +1056,7 @@ def train_custom(name: str, manifest, profile, dirs=None, seed: int = 42,
 
 def train_transfer(backbone: str, manifest, profile, weights: str = "imagenet",
                    weights_dir=None, dirs=None, seed: int = 42, hflip: bool | None = None,
-                   strategy: str | None = None) -> TrainingResult:
+                   strategy: str | None = None, name: str | None = None) -> TrainingResult:
     """:func:`fine_tune` with a profile's settings, saved to ``models/``.
 
     Args:
@@ -1021,6 +1069,7 @@ def train_transfer(backbone: str, manifest, profile, weights: str = "imagenet",
         seed: Seed for the head's initialisation, shuffling and augmentation.
         hflip: Whether augmentation may flip horizontally (default: the dataset's rule).
         strategy: Overrides ``profile.strategy``.
+        name: Model name (default: ``backbone``).
 
     Returns:
         The result; the weights actually used are printed and stored in ``args.yaml``, the
@@ -1034,4 +1083,74 @@ def train_transfer(backbone: str, manifest, profile, weights: str = "imagenet",
     options = fine_tune_options(profile)
     options["strategy"] = strategy or options["strategy"]
     return fine_tune(backbone, data, weights=weights, weights_dir=weights_dir, dirs=dirs,
-                     **options)
+                     name=name, **options)
+
+
+SCRATCH_SUFFIX = "_scratch"
+
+
+def train_backbones(manifest, profile, weights: str = "imagenet", weights_dir=None, dirs=None,
+                    seed: int = 42, hflip: bool | None = None, strategy: str | None = None
+                    ) -> dict[str, TrainingResult]:
+    """Notebook 03's models: every backbone of ``profile``, then its from-scratch twins.
+
+    Each backbone runs :func:`train_transfer` with ``profile.for_backbone(name)`` (a short
+    run, with a smaller image size and fewer epochs, where the profile says so); each of
+    ``profile.scratch_twins`` is trained again from random initialisation as
+    ``<backbone>_scratch``, the no-transfer baseline of the same architecture (twins of
+    backbones not in ``profile.backbones`` are skipped).
+
+    Args:
+        manifest: A ``datasets.Manifest``.
+        profile: A ``config.Profile``.
+        weights: What the backbones start from (``backbones.resolve_weights``); twins always
+            start from random weights.
+        weights_dir: Folder of local ImageNet weights files.
+        dirs: Project folders.
+        seed: Seed of every run.
+        hflip: Whether augmentation may flip horizontally (default: the dataset's rule).
+        strategy: Overrides ``profile.strategy``.
+
+    Returns:
+        ``{model name: result}`` in training order.
+    """
+    runs = [(name, name, weights) for name in profile.backbones]
+    runs += [(f"{name}{SCRATCH_SUFFIX}", name, "none") for name in profile.scratch_twins
+             if name in profile.backbones]
+    results = {}
+    for model_name, backbone, start in runs:
+        settings = profile.for_backbone(model_name)
+        if profile.is_short_run(model_name):
+            changed = ", ".join(f"{k}={v}" for k, v in profile.backbone_overrides[model_name]
+                                .items())
+            print(f"{model_name}: SHORT RUN of the {profile.name} profile ({changed})")
+        results[model_name] = train_transfer(
+            backbone, manifest, settings, start, weights_dir, dirs, seed, hflip, strategy,
+            name=model_name)
+    return results
+
+
+def twin_comparison(results: dict[str, TrainingResult]) -> pd.DataFrame:
+    """Each pretrained backbone beside its from-scratch twin (best validation accuracy).
+
+    Args:
+        results: :func:`train_backbones`' results.
+
+    Returns:
+        One row per twin pair: ``model``, both starting weights, both best validation
+        accuracies, both training minutes and ``pretrained - scratch``.
+    """
+    rows = []
+    for name, twin in results.items():
+        if not name.endswith(SCRATCH_SUFFIX) or name[:-len(SCRATCH_SUFFIX)] not in results:
+            continue
+        pretrained = results[name[:-len(SCRATCH_SUFFIX)]]
+        best = float(pretrained.history["val_accuracy"].max())
+        scratch = float(twin.history["val_accuracy"].max())
+        rows.append({"model": pretrained.name, "pretrained weights": pretrained.weights,
+                     "pretrained best val accuracy": round(best, 3),
+                     "scratch best val accuracy": round(scratch, 3),
+                     "pretrained - scratch": round(best - scratch, 3),
+                     "pretrained train min": round(pretrained.seconds / 60, 1),
+                     "scratch train min": round(twin.seconds / 60, 1)})
+    return pd.DataFrame(rows)
