@@ -1,0 +1,86 @@
+"""Recipe search: ``fine_tune`` with variants of the default recipe, on one real dataset.
+
+Each variant is a set of ``recipes.FineTuneRecipe`` fields changed from ``"default"`` (or
+from ``"base"``, another registry key). Every run uses the same seed, the same split, the
+same stage 1 (20 head epochs on cached features, at Adam 1e-3) and the same number of stage-2
+epochs, so the variants differ only in what they change. Prints one ``RESULT`` line per
+variant (validation accuracy per stage-2 epoch, test accuracy with its 95% Wilson interval,
+seconds) and merges them into ``docs/benchmarks/recipe_search.json``.
+
+Usage:
+  python benchmarks/recipe_search.py --dataset cards --epochs 6 \\
+      --variants '[{"lr_mult": 100}, {"lr_mult": 10}, {"lr_mult": 3}]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+
+from cnnlab.config import project_dirs  # noqa: E402
+from cnnlab.data import split_dataset  # noqa: E402
+from cnnlab.datasets import get_dataset_spec, prepare_dataset  # noqa: E402
+from cnnlab.evaluate import wilson_interval  # noqa: E402
+from cnnlab.recipes import get_recipe  # noqa: E402
+from cnnlab.storage import write_json  # noqa: E402
+from cnnlab.train import TrainingData, fine_tune  # noqa: E402
+
+DATASET_OPTIONS = {"cards": {}, "vehicles": {"classes": ["all"]}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared-dir", type=Path, default=Path("../shared"))
+    parser.add_argument("--dataset", default="cards", choices=sorted(DATASET_OPTIONS))
+    parser.add_argument("--backbone", default="mobilenet_v3_small_075")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--freeze-epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=6, help="stage-2 epochs")
+    parser.add_argument("--variants", default="[{}]",
+                        help="JSON list of recipe field changes; 'base' picks another recipe")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/recipe_search.json"))
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="cnnlab-recipes-"))
+    (root / "notebooks").mkdir()
+    dirs = project_dirs(root)
+    manifest = prepare_dataset(args.dataset, args.shared_dir / "datasets" / args.dataset, dirs,
+                               **DATASET_OPTIONS[args.dataset])
+    data = TrainingData(manifest, args.image_size, 32, get_dataset_spec(args.dataset).hflip, 42)
+    test_rows = manifest.split("test")
+    labels = test_rows["label_index"].to_numpy()
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    for changes in json.loads(args.variants):
+        base = changes.pop("base", "default")
+        recipe = get_recipe(base).replace(**changes)
+        keras.utils.set_random_seed(42)
+        start = time.perf_counter()
+        result = fine_tune(args.backbone, data, args.freeze_epochs, args.epochs, 1e-3, recipe,
+                           weights="local", weights_dir=args.shared_dir / "weights", dirs=dirs,
+                           save=False, resume=False, verbose=0)
+        seconds = time.perf_counter() - start
+        test = split_dataset(test_rows, args.image_size, 64)
+        correct = int((result.model.predict(test, verbose=0).argmax(axis=1) == labels).sum())
+        low, high = wilson_interval(correct, len(labels))
+        val = [round(v, 3) for v in result.history["val_accuracy"].tolist()[args.freeze_epochs:]]
+        row = {"dataset": args.dataset, "backbone": args.backbone,
+               "image_size": args.image_size, "base": base, "changes": changes,
+               "freeze_epochs": args.freeze_epochs, "epochs": args.epochs,
+               "stage2_val_accuracy": val, "test_accuracy": round(correct / len(labels), 4),
+               "test_interval": [round(low, 3), round(high, 3)], "seconds": round(seconds),
+               "measured": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg()[0]}
+        print("RESULT", json.dumps(row), flush=True)
+        report["runs"].append(row)
+        write_json(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
