@@ -24,16 +24,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+from time_to_accuracy import DATASET_OPTIONS, score_test_split  # noqa: E402 (this folder)
 
 from cnnlab.config import project_dirs  # noqa: E402
-from cnnlab.data import split_dataset  # noqa: E402
 from cnnlab.datasets import get_dataset_spec, prepare_dataset  # noqa: E402
-from cnnlab.evaluate import wilson_interval  # noqa: E402
 from cnnlab.recipes import get_recipe  # noqa: E402
 from cnnlab.storage import write_json  # noqa: E402
 from cnnlab.train import TrainingData, fine_tune  # noqa: E402
-
-DATASET_OPTIONS = {"cards": {}, "vehicles": {"classes": ["all"]}}
 
 
 def main() -> None:
@@ -55,8 +52,6 @@ def main() -> None:
     manifest = prepare_dataset(args.dataset, args.shared_dir / "datasets" / args.dataset, dirs,
                                **DATASET_OPTIONS[args.dataset])
     data = TrainingData(manifest, args.image_size, 32, get_dataset_spec(args.dataset).hflip, 42)
-    test_rows = manifest.split("test")
-    labels = test_rows["label_index"].to_numpy()
     report = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
     for changes in json.loads(args.variants):
         base = changes.pop("base", "default")
@@ -67,15 +62,13 @@ def main() -> None:
                            weights="local", weights_dir=args.shared_dir / "weights", dirs=dirs,
                            save=False, resume=False, verbose=0)
         seconds = time.perf_counter() - start
-        test = split_dataset(test_rows, args.image_size, 64)
-        correct = int((result.model.predict(test, verbose=0).argmax(axis=1) == labels).sum())
-        low, high = wilson_interval(correct, len(labels))
+        test = score_test_split(result.model, manifest, args.image_size)
         val = [round(v, 3) for v in result.history["val_accuracy"].tolist()[args.freeze_epochs:]]
         row = {"dataset": args.dataset, "backbone": args.backbone,
                "image_size": args.image_size, "base": base, "changes": changes,
                "freeze_epochs": args.freeze_epochs, "epochs": args.epochs,
-               "stage2_val_accuracy": val, "test_accuracy": round(correct / len(labels), 4),
-               "test_interval": [round(low, 3), round(high, 3)], "seconds": round(seconds),
+               "stage2_val_accuracy": val, "test_accuracy": test["test_accuracy"],
+               "test_interval": test["test_interval"], "seconds": round(seconds),
                "measured": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg()[0]}
         print("RESULT", json.dumps(row), flush=True)
         report["runs"].append(row)

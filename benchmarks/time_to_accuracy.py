@@ -31,6 +31,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -48,7 +49,7 @@ from cnnlab.config import get_profile, project_dirs  # noqa: E402
 from cnnlab.data import split_dataset  # noqa: E402
 from cnnlab.datasets import get_dataset_spec, prepare_dataset  # noqa: E402
 from cnnlab.evaluate import wilson_interval  # noqa: E402
-from cnnlab.recipes import RECIPES  # noqa: E402
+from cnnlab.recipes import RECIPES, get_recipe  # noqa: E402
 from cnnlab.storage import write_json, write_text  # noqa: E402
 from cnnlab.train import TrainingData, fine_tune  # noqa: E402
 
@@ -114,8 +115,7 @@ def plain_recipe(manifest, backbone: str, weights_file: Path, image_size: int, r
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(manifest.num_classes if hasattr(manifest, "num_classes")
-                                 else len(manifest.classes), activation="softmax")(x)
+    outputs = keras.layers.Dense(len(manifest.classes), activation="softmax")(x)
     model = keras.Model(inputs, outputs)
     clock = EpochClock(start)
     model.compile(keras.optimizers.Adam(PLAIN["head_lr"]), "sparse_categorical_crossentropy",
@@ -151,22 +151,24 @@ def cnnlab_fine_tune(data: TrainingData, backbone: str, weights_dir: Path, profi
                        profile.learning_rate, recipe, weights="local", weights_dir=weights_dir,
                        dirs=dirs, save=False, resume=False, callbacks=[clock])
     seconds = time.perf_counter() - start
-    test_rows = data.manifest.split("test")
-    test = split_dataset(test_rows, data.image_size, 64)
-    predictions = result.model.predict(test, verbose=0).argmax(axis=1)
-    labels = test_rows["label_index"].to_numpy()
-    correct = int((predictions == labels).sum())
-    used = RECIPES.get(recipe, recipe) if isinstance(recipe, str) else recipe
     return {"seconds": round(seconds, 1), "epoch_seconds": clock.seconds,
             "val_accuracy": clock.val_accuracy,
             "best_val_accuracy": float(max(clock.val_accuracy)),
-            "test_accuracy": round(correct / len(labels), 4),
-            "test_interval": _interval(correct, len(labels)), "test_images": len(labels),
+            **score_test_split(result.model, data.manifest, data.image_size),
             "weights": result.weights,
             "settings": {"freeze_epochs": profile.freeze_epochs,
                          "fine_tune_epochs": profile.fine_tune_epochs,
                          "base_lr": profile.learning_rate,
-                         "recipe": (used or RECIPES["default"]).__dict__}}
+                         "recipe": dataclasses.asdict(get_recipe(recipe))}}
+
+
+def score_test_split(model, manifest, image_size: int) -> dict:
+    """``test_accuracy``, its 95% Wilson ``test_interval`` and ``test_images`` on the split."""
+    rows = manifest.split("test")
+    predictions = model.predict(split_dataset(rows, image_size, 64), verbose=0).argmax(axis=1)
+    correct = int((predictions == rows["label_index"].to_numpy()).sum())
+    return {"test_accuracy": round(correct / len(rows), 4),
+            "test_interval": _interval(correct, len(rows)), "test_images": len(rows)}
 
 
 def seconds_to_reach(run: dict, target: float) -> float | None:

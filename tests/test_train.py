@@ -78,21 +78,33 @@ def test_train_transfer_runs_both_stages_on_cached_features(sample_root, project
     assert list((project.data / "sample" / "features").glob(f"{BACKBONE}-32px-*/train-*.npz"))
 
 
-def test_fine_tune_trains_above_the_boundary_only_and_keeps_bn_statistics(
-        sample_root, project, shared_dir):
+def _fine_tune_on_sample(sample_root, project, shared_dir, recipe=None):
+    """fine_tune on the sample with the local ImageNet file; the weights before, the run.
+
+    fine_tune restores the best validation epoch, which may be the frozen stage's on 9
+    validation images; the weights stage 2 trained are the last checkpoint, loaded here.
+    """
     data = TrainingData(build_manifest(sample_root, "sample"), 32, 8, seed=5)
     model = build_transfer_model(BACKBONE, data.num_classes, 32, str(_weights(shared_dir)))
-    backbone = find_backbone(model)
-    before = {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers}
-    head_before = [w.numpy() for w in model.get_layer("head").weights]
-    result = fine_tune(model, data, freeze_epochs=1, epochs=2, base_lr=1e-2, recipe="top",
+    layers = [*find_backbone(model).layers, model.get_layer("head")]
+    before = {layer.name: [w.numpy() for w in layer.weights] for layer in layers}
+    result = fine_tune(model, data, freeze_epochs=1, epochs=2, base_lr=1e-2, recipe=recipe,
                        dirs=project, save=False, verbose=0)
-    # fine_tune restores the best validation epoch, which may be the frozen stage's on 9
-    # validation images; the weights stage 2 trained are the last checkpoint.
     load_weights(model, result.run.last)
+    return model, before, result
+
+
+def _changed(before: dict, layer) -> bool:
+    return any(not np.array_equal(a, b.numpy()) for a, b in zip(before[layer.name],
+                                                                layer.weights))
+
+
+def test_fine_tune_trains_above_the_boundary_only_and_keeps_bn_statistics(
+        sample_root, project, shared_dir):
+    model, before, result = _fine_tune_on_sample(sample_root, project, shared_dir, "top")
+    backbone = find_backbone(model)
     boundary = fine_tune_boundary(backbone)
-    changed = {layer.name: any(not np.array_equal(a, b.numpy())
-                               for a, b in zip(before[layer.name], layer.weights))
+    changed = {layer.name: _changed(before, layer)
                for layer in backbone.layers if layer.weights}
     below = [backbone.layers[i].name for i in range(boundary) if backbone.layers[i].weights]
     above = [layer.name for layer in backbone.layers[boundary:]
@@ -103,32 +115,22 @@ def test_fine_tune_trains_above_the_boundary_only_and_keeps_bn_statistics(
     assert not any(changed[name] for name in below)  # frozen below the boundary
     assert all(changed[name] for name in above)  # every conv above it was trained
     assert not any(changed[name] for name in bn)  # gamma, beta, moving mean and variance
-    assert any(not np.array_equal(a, b.numpy())
-               for a, b in zip(head_before, model.get_layer("head").weights))
+    assert _changed(before, model.get_layer("head"))
     assert len(result.history) == 3 and result.stage_boundary == 1
 
 
 def test_default_recipe_trains_the_whole_backbone_and_keeps_bn_statistics(
         sample_root, project, shared_dir):
-    data = TrainingData(build_manifest(sample_root, "sample"), 32, 8, seed=5)
-    model = build_transfer_model(BACKBONE, data.num_classes, 32, str(_weights(shared_dir)))
+    model, before, result = _fine_tune_on_sample(sample_root, project, shared_dir)
     backbone = find_backbone(model)
-    before = {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers}
-    result = fine_tune(model, data, freeze_epochs=1, epochs=2, base_lr=1e-2, dirs=project,
-                       save=False, verbose=0)
-    load_weights(model, result.run.last)  # the weights stage 2 trained (see the test above)
     bn = [layer for layer in backbone.layers
           if isinstance(layer, keras.layers.BatchNormalization)]
     others = [layer for layer in backbone.layers
               if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
     assert bn and len(others) > 40
 
-    def changed(layer):
-        return any(not np.array_equal(a, b.numpy())
-                   for a, b in zip(before[layer.name], layer.weights))
-
-    assert all(changed(layer) for layer in others)  # the stem too, not only the top blocks
-    assert not any(changed(layer) for layer in bn)  # gamma, beta, moving mean and variance
+    assert all(_changed(before, layer) for layer in others)  # the stem too, not only the top
+    assert not any(_changed(before, layer) for layer in bn)  # gamma, beta, moving mean and variance
     args = yaml.safe_load(result.run.args.read_text())
     assert args["recipe"]["name"] == "default" and args["recipe"]["unfreeze"] == "all"
     # The stage-2 optimizer gives the stem a smaller rate than the top blocks and the head.

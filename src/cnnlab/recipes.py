@@ -51,7 +51,6 @@ class LayerwiseAdamW(keras.optimizers.Adam):
 
     def __init__(self, learning_rate=1e-3, weight_decay: float = 0.01,
                  multipliers: dict[str, float] | None = None, **kwargs):
-        kwargs.pop("decoupled_weight_decay", None)
         kwargs["weight_decay"] = None  # applied per variable in update_step, with its rate
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.decoupled_weight_decay = float(weight_decay)

@@ -47,7 +47,7 @@ import yaml
 from cnnlab import distribute
 from cnnlab.backbones import fine_tune_boundary
 from cnnlab.models import find_backbone
-from cnnlab.recipes import FineTuneRecipe, get_recipe
+from cnnlab.recipes import UNFREEZE_RULES, FineTuneRecipe, get_recipe
 from cnnlab.storage import write_json, write_text
 
 # Keys of args.yaml added by RunFolder.write_args, not part of a run's configuration.
@@ -754,8 +754,6 @@ def set_fine_tune_trainable(model: keras.Model, train_bn: bool = False,
     backbone = find_backbone(model)
     if backbone is None:
         raise ValueError(f"{model.name} has no nested backbone to fine-tune")
-    from cnnlab.recipes import UNFREEZE_RULES
-
     if unfreeze not in UNFREEZE_RULES:
         raise ValueError(f"unknown unfreeze rule {unfreeze!r}; choose one of {UNFREEZE_RULES}")
     start = fine_tune_boundary(backbone) if unfreeze == "top" else 0
@@ -839,11 +837,13 @@ def fine_tune(
     https://keras.io/guides/transfer_learning/); discriminative rates, the head at
     ``base_lr`` and three backbone layer groups geometrically below it down to a third of
     that (``lr_mult=3``); a linear warm-up over the first 10% of the steps, then cosine
-    decay; decoupled weight decay 0.01 on kernels; label smoothing 0.1 in both stages. On the
-    cards subset with MobileNetV3Small 0.75 it replaced the top-blocks recipe (``"top"``)
-    after ``benchmarks/time_to_accuracy.py`` measured both (figures in
-    ``docs/benchmarks/time_to_accuracy.json`` and docs/benchmarks.md). The backbone runs with
-    ``training=False``, so BN moving statistics never change. The best validation checkpoint
+    decay; decoupled weight decay 0.01 on kernels; label smoothing 0.1 in both stages. The
+    rate spread was chosen on the cards subset (``benchmarks/recipe_search.py``,
+    ``docs/benchmarks/recipe_search.json``); the recipe against the plain Keras recipe, and
+    its ingredients one at a time against ``"top"`` (the earlier default), are in
+    ``docs/benchmarks/time_to_accuracy.json`` (``benchmarks/time_to_accuracy.py``). The
+    backbone runs with ``training=False``, so BN moving statistics never change. The best
+    validation checkpoint
     over both stages is restored at the end.
 
     A backbone without pretrained weights (``weights="none"``, or a given model whose backbone
