@@ -32,9 +32,11 @@ def offline_assets(shared_dir, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_all_six_notebooks_run_on_sample_with_smoke_profile(project, offline_assets):
+def test_all_seven_notebooks_run_on_sample_with_smoke_profile(project, offline_assets):
     timings = run_notebooks({"dataset": "sample", "profile": "smoke", "weights": "local",
-                             "weights_dir": offline_assets / "weights"},
+                             "weights_dir": offline_assets / "weights",
+                             "mixed_data_dir": offline_assets / "datasets" / "houses",
+                             "airbnb_data_dir": offline_assets / "datasets" / "airbnb-madrid"},
                             run_id="smoke", dirs=project, log_output=False)
     assert timings["notebook"].tolist() == list(NOTEBOOKS)
     report = project.reports / "smoke"
@@ -48,8 +50,17 @@ def test_all_six_notebooks_run_on_sample_with_smoke_profile(project, offline_ass
     assert "pretrained - scratch" in transfer  # the twin comparison table
     assert (board["test images"] == board["test images"].iloc[0]).all()
     assert "best test accuracy on the leaderboard" in _outputs(report / "06_inference.ipynb")
+    mixed = _outputs(report / "07_mixed_data_regression.ipynb")
+    assert "Houses dataset (Ahmed & Moustafa 2016): 535 rows" in mixed
+    assert "dropped weekly_price" in mixed and "course recipe (leaking columns kept)" in mixed
+    assert "/work/" not in mixed and "../" not in mixed.replace("../shared", "")
+    metrics = pd.read_csv(report / "07_metrics.csv", index_col="model")
+    assert {"median", "gbm", "mlp", "cnn", "transfer", "fusion", "frozen_fusion"} == set(
+        metrics.index)
+    assert (metrics["n"] == 134).all()  # every model on the whole test split
     for figure in ("01_class_counts", "02_architecture_retail_cnn", "03_val_accuracy",
-                   "04_segmentation", "05_confusion_normalised", "06_inference"):
+                   "04_segmentation", "05_confusion_normalised", "06_inference",
+                   "07_predicted_vs_actual", "07_price_photos"):
         assert (report / "figures" / f"{figure}.png").is_file(), figure
     assert (report / "timings.csv").is_file()
 

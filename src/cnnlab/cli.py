@@ -1,8 +1,9 @@
 """The ``cnnlab`` command: thin wrappers over the package.
 
-``cnnlab run`` executes the six notebooks in order; ``cnnlab validate DATA_DIR`` checks every
-file of a dataset folder (``--fix`` moves bad files to a quarantine folder); ``cnnlab manifest``
-builds a dataset's split manifest; ``cnnlab list`` prints the registries.
+``cnnlab run`` executes the seven notebooks in order; ``cnnlab mixed MODEL`` trains one
+mixed-data regression model of notebook 07 with its baselines; ``cnnlab validate DATA_DIR``
+checks every file of a dataset folder (``--fix`` moves bad files to a quarantine folder);
+``cnnlab manifest`` builds a dataset's split manifest; ``cnnlab list`` prints the registries.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cnnlab.datasets import DATASETS
 from cnnlab.distribute import STRATEGIES
 from cnnlab.models import CUSTOM_MODELS
 from cnnlab.recipes import RECIPES
+from cnnlab.tabular.models import MIXED_MODELS
 
 
 def _csv(text: str | None):
@@ -27,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnnlab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="execute notebooks 01-06 in order with papermill")
+    run = commands.add_parser("run", help="execute notebooks 01-07 in order with papermill")
     run.add_argument("--dataset", default="sample",
                      help=f"dataset name ({', '.join(DATASETS)}; any name with --data-dir)")
     run.add_argument("--data-dir", help="local copy of the dataset (skips the download)")
@@ -48,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--segment-data-dir", help="folder of images for notebook 04")
     run.add_argument("--images-dir", help="folder of new images for notebook 06")
     run.add_argument("--model-name", help="model deployed in notebook 06 (default: best)")
+    run.add_argument("--mixed-dataset", default="houses", choices=("houses", "airbnb"),
+                     help="dataset of notebook 07 (mixed data regression)")
+    run.add_argument("--mixed-data-dir", help="local copy of the Houses dataset for notebook 07 "
+                     "(default: download it)")
+    run.add_argument("--airbnb-data-dir", help="folder of the Airbnb course CSVs for notebook "
+                     "07's course comparison (default: skipped)")
     run.add_argument("--only", help="run only these notebooks, e.g. 01,02")
     run.add_argument("--run-id", help="report folder name under reports/")
     run.add_argument("--quiet", action="store_true", help="do not stream notebook output")
@@ -105,6 +113,18 @@ def _parser() -> argparse.ArgumentParser:
                         "on training images (post-training quantisation)")
     export.add_argument("--calibration-images", type=int, default=200)
 
+    mixed = commands.add_parser("mixed", help="train one mixed-data regression model (notebook "
+                                "07) with the median and gradient-boosting baselines")
+    mixed.add_argument("model", choices=list(MIXED_MODELS),
+                       help="; ".join(f"{k}: {v[2]}" for k, v in MIXED_MODELS.items()))
+    mixed.add_argument("--dataset", default="houses", choices=("houses", "airbnb"))
+    mixed.add_argument("--data-dir", help="local copy of the data (houses: default download)")
+    mixed.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    mixed.add_argument("--weights", default="imagenet",
+                       help=f"backbone weights: {', '.join(WEIGHTS_MODES)} or a .weights.h5 path")
+    mixed.add_argument("--weights-dir", help="folder of <backbone>_imagenet_notop.weights.h5")
+    mixed.add_argument("--seed", type=int, default=42)
+
     commands.add_parser("list", help="print datasets, profiles, backbones, custom models "
                                           "and fine-tuning recipes")
     return parser
@@ -116,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for title, registry in (("datasets", DATASETS), ("profiles", PROFILES),
                                 ("backbones", BACKBONES), ("custom models", CUSTOM_MODELS),
-                                ("fine-tuning recipes", RECIPES)):
+                                ("fine-tuning recipes", RECIPES),
+                                ("mixed-data models", MIXED_MODELS)):
             print(f"{title}: {', '.join(registry)}")
         return 0
     if args.command == "validate":
@@ -125,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "mixed":
+        return _mixed(args)
     if args.command == "manifest":
         from cnnlab.datasets import prepare_dataset
 
@@ -153,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         "split_rule": args.split_rule, "segment_dataset": args.segment_dataset,
         "segment_data_dir": args.segment_data_dir, "images_dir": args.images_dir,
         "model_name": args.model_name, "strategy": args.strategy,
+        "mixed_dataset": args.mixed_dataset, "mixed_data_dir": args.mixed_data_dir,
+        "airbnb_data_dir": args.airbnb_data_dir,
     }
     try:
         timings = run_notebooks(parameters, run_id=args.run_id, only=_csv(args.only),
@@ -226,6 +251,24 @@ def _train(args) -> int:
     print(result.history.to_string(index=False))
     print(f"run folder: checkpoints/{result.run.name}; best val accuracy "
           f"{result.history['val_accuracy'].max():.4f}")
+    return 0
+
+
+def _mixed(args) -> int:
+    """``cnnlab mixed``: one model of notebook 07 (plus what it is built from) and baselines."""
+    from cnnlab.tabular.metrics import format_table
+    from cnnlab.tabular.training import train_mixed
+
+    models = ("mlp", "transfer", "frozen_fusion") if args.model == "frozen_fusion" else (
+        args.model,)
+    try:
+        run = train_mixed(args.dataset, args.data_dir, models=models, profile=args.profile,
+                          weights=args.weights, weights_dir=args.weights_dir, seed=args.seed)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"cnnlab mixed: {error}", file=sys.stderr)
+        return 2
+    table = format_table(run.table("test"), ("MAPE %", "MAE", "R2"))
+    print(table[["MAPE %", "MAE", "R2", "inputs", "started from"]].to_string())
     return 0
 
 

@@ -119,6 +119,16 @@ class Profile:
         backbone_overrides: ``{model name: {field: value}}`` applied to this profile for one
             backbone or twin of notebook 03 (e.g. a smaller image size and fewer epochs for
             a short run of a big backbone on a CPU); see :meth:`for_backbone`.
+        mixed_models: Models of notebook 07 (keys of ``tabular.models.MIXED_MODELS``).
+        mixed_backbone: Frozen ImageNet backbone of notebook 07's transfer and fusion models.
+        mixed_image_size: Photo side in pixels for that backbone.
+        mixed_cnn_image_size: Photo side in pixels for notebook 07's CNN from scratch.
+        mixed_epochs: Maximum epochs of notebook 07's models on tabular columns and cached
+            photo features (early stopping on validation loss ends most runs sooner).
+        mixed_cnn_epochs: Maximum epochs of notebook 07's CNN from scratch.
+        mixed_learning_rate: Adam rate of notebook 07's models.
+        mixed_batch_size: Rows (houses) per step in notebook 07.
+        mixed_patience: Epochs without a better validation loss before early stopping.
     """
 
     name: str
@@ -142,6 +152,15 @@ class Profile:
     deterministic: bool = False
     scratch_twins: tuple[str, ...] = ()
     backbone_overrides: dict = field(default_factory=dict)
+    mixed_models: tuple[str, ...] = ("mlp", "cnn", "transfer", "fusion", "frozen_fusion")
+    mixed_backbone: str = "mobilenet_v2"
+    mixed_image_size: int = 224
+    mixed_cnn_image_size: int = 48
+    mixed_epochs: int = 400
+    mixed_cnn_epochs: int = 40
+    mixed_learning_rate: float = 1e-3
+    mixed_batch_size: int = 32
+    mixed_patience: int = 40
     extras: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> Profile:
@@ -168,6 +187,8 @@ PROFILES: dict[str, Profile] = {
         freeze_epochs=1, fine_tune_epochs=1, max_train_per_class=12, segment_images=2,
         backbones=("mobilenet_v3_small_075", "efficientnet_b0"),
         scratch_twins=("mobilenet_v3_small_075",),
+        mixed_image_size=96, mixed_cnn_image_size=32, mixed_epochs=30, mixed_cnn_epochs=3,
+        mixed_patience=30,
     ),
     # cpu: about an hour for cards (3,180 training images) on 2 cores. The two backbones with
     # ImageNet files offline (MobileNetV3Small 0.75, MobileNetV2) are fine-tuned with the

@@ -23,6 +23,7 @@ NOTEBOOKS = (
     "04_segmentation.ipynb",
     "05_evaluation.ipynb",
     "06_inference.ipynb",
+    "07_mixed_data_regression.ipynb",
 )
 
 
