@@ -438,3 +438,38 @@ def test_fetch_photos_reports_every_link_and_never_fetches_twice(
     assert sorted(set(asked)) == ["/big.jpg", "/broken.jpg", "/cut.jpg", "/missing.jpg",
                                   "/stream/big.jpg", "/text.jpg"]
     assert dict(zip(retried["id"], retried["status"])) == expected
+
+
+@pytest.mark.shared
+def test_listings_with_photos_train_an_image_model_end_to_end(shared_dir, tmp_path,
+                                                             photo_server, project, capsys):
+    from cnnlab.config import get_profile
+    from cnnlab.tabular.columns import load_split
+    from cnnlab.tabular.training import train_mixed
+
+    base, served, hits = photo_server
+    course = read_course_csv(course_dir(shared_dir) / "trainAttrX.csv").iloc[:48]
+    rows = listing_rows(course.reset_index(drop=True), modern=True)
+    houses = shared_dir / "datasets" / "houses" / "Houses Dataset"
+    for number, row in enumerate(rows, start=1):  # real photos stand in for the listings'
+        if number % 12 == 0:
+            row["picture_url"] = f"{base}/gone/{row['id']}.jpg"  # 404
+            continue
+        shutil.copy(houses / f"{number}_frontal.jpg", served / f"{row['id']}.jpg")
+        row["picture_url"] = f"{base}/{row['id']}.jpg"
+    listings = tmp_path / "listings.csv.gz"
+    pd.DataFrame(rows).to_csv(listings, index=False)
+
+    run = train_mixed("airbnb", listings_url=str(listings), models=("mlp", "transfer"),
+                      profile=get_profile("smoke"), weights="local",
+                      weights_dir=shared_dir / "weights", dirs=project, verbose=True)
+    out = capsys.readouterr().out
+    assert "44 photos ok (0 cached), 4 dead links" in out
+    assert len(run.data.frame) == 44 and run.spec.rooms == ("photo",)
+    assert (run.data.left_out["reason"].str.contains("no usable photo")).sum() == 4
+    assert run.info["transfer"]["started from"].startswith("mobilenet_v2 imagenet (local file")
+    assert (project.models / "airbnb-transfer.h5").is_file()
+    assert len(run.table("test")) == 4  # median, gbm, mlp, transfer on the same test rows
+    requests = len(hits)
+    load_split("airbnb", listings_url=str(listings), dirs=project, verbose=False)
+    assert len(hits) == requests  # a rerun fetches nothing twice

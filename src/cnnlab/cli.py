@@ -118,7 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     mixed.add_argument("model", choices=list(MIXED_MODELS),
                        help="; ".join(f"{k}: {v[2]}" for k, v in MIXED_MODELS.items()))
     mixed.add_argument("--dataset", default="houses", choices=("houses", "airbnb"))
-    mixed.add_argument("--data-dir", help="local copy of the data (houses: default download)")
+    mixed.add_argument("--data-dir", help="local copy of the data (houses: default download; "
+                       "airbnb: the folder of the course CSVs)")
+    mixed.add_argument("--listings-url", help="airbnb: an Inside Airbnb listings.csv.gz URL or "
+                       "file; its photos are downloaded once to data/airbnb/photos/")
     mixed.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     mixed.add_argument("--weights", default="imagenet",
                        help=f"backbone weights: {', '.join(WEIGHTS_MODES)} or a .weights.h5 path")
@@ -263,7 +266,8 @@ def _mixed(args) -> int:
         args.model,)
     try:
         run = train_mixed(args.dataset, args.data_dir, models=models, profile=args.profile,
-                          weights=args.weights, weights_dir=args.weights_dir, seed=args.seed)
+                          weights=args.weights, weights_dir=args.weights_dir, seed=args.seed,
+                          listings_url=args.listings_url)
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"cnnlab mixed: {error}", file=sys.stderr)
         return 2

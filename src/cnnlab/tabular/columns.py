@@ -16,6 +16,7 @@ A split manifest (``data/<dataset>/manifest.csv``: one row per house or listing 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -318,31 +319,55 @@ class TabularData:
         return self.frame["split"].value_counts().reindex(SPLITS)
 
 
-def _read_airbnb(data_dir: str | os.PathLike | None) -> tuple[pd.DataFrame, Path | None]:
-    from cnnlab.tabular.airbnb import read_course_csv
+def _read_airbnb(data_dir: str | os.PathLike | None, listings_url: str | None,
+                 dirs: ProjectDirs, verbose: bool) -> tuple[pd.DataFrame, Path | None,
+                                                        pd.DataFrame]:
+    """Course CSVs from ``data_dir``, or an Inside Airbnb listings file with its photos."""
+    from cnnlab.tabular import airbnb
 
+    if listings_url is not None:
+        raw = dirs.data / "airbnb" / "raw"
+        frame, left_out = airbnb.read_listings(airbnb.fetch_listings(listings_url, raw))
+        photos_dir = dirs.data / "airbnb" / "photos"
+        report = airbnb.fetch_photos(frame, photos_dir, progress=verbose)
+        if verbose:
+            print(airbnb.photo_summary(report))
+        usable = report.set_index("id")["path"]
+        missing = frame["id"].map(usable).fillna("") == ""
+        left_out = pd.concat([left_out, pd.DataFrame(
+            {"id": frame.loc[missing, "id"], "reason": "no usable photo (see fetch_report.csv)"})],
+            ignore_index=True)
+        frame = frame[~missing].assign(photo=lambda f: f["id"].map(usable))
+        return frame, photos_dir, left_out.rename(columns={"id": "house"}).assign(
+            file=display_path(dirs.data / "airbnb" / "raw"))
     if data_dir is None:
         raise FileNotFoundError(
-            "the airbnb dataset needs --data-dir: the folder of the course CSVs "
-            "(trainAttrX.csv, testAttrX.csv), or an Inside Airbnb listings file fetched with "
-            "cnnlab.tabular.airbnb.fetch_listings")
+            "the airbnb dataset needs --data-dir (the folder of the course CSVs "
+            "trainAttrX.csv and testAttrX.csv) or --listings-url (an Inside Airbnb "
+            f"listings.csv.gz, see {airbnb.LISTINGS_PAGE})")
     folder = Path(data_dir)
     parts = []
     for split, name in (("train", "trainAttrX.csv"), ("test", "testAttrX.csv")):
-        part = read_course_csv(folder / name)
+        part = airbnb.read_course_csv(folder / name)
         part.insert(0, "id", [f"{split}-{i}" for i in range(len(part))])
         part["course_split"] = split
         parts.append(part)
-    return pd.concat(parts, ignore_index=True), None
+    return pd.concat(parts, ignore_index=True), None, pd.DataFrame(
+        columns=["house", "file", "reason"])
 
 
 def load_split(dataset: str, data_dir: str | os.PathLike | None = None, seed: int = 42,
-               dirs: ProjectDirs | None = None, verbose: bool = True) -> TabularData:
+               dirs: ProjectDirs | None = None, verbose: bool = True,
+               listings_url: str | None = None) -> TabularData:
     """Reads a tabular dataset and its split manifest (written on first use, then reread).
 
     ``houses`` is split by :func:`split_rows` (stratified by price, 60/15/25). ``airbnb``
-    keeps the course's own test split (250 listings) and carves validation out of its
-    training rows. The manifest ``data/<dataset>/manifest.csv`` lists ``id`` and ``split``;
+    from the course CSVs keeps the course's own test split (250 listings) and carves
+    validation out of its training rows; ``airbnb`` from an Inside Airbnb listings file
+    (``listings_url``) downloads the file and every listing's photo once (see
+    :mod:`cnnlab.tabular.airbnb`), keeps the listings with a usable photo (the others are
+    listed as left out) as a one-room photo dataset (room ``photo``) and splits them like
+    ``houses``. The manifest ``data/<dataset>/manifest.csv`` lists ``id`` and ``split``;
     when it exists and names the same rows it is reused, so every model (and every rerun)
     sees the same split.
 
@@ -352,6 +377,8 @@ def load_split(dataset: str, data_dir: str | os.PathLike | None = None, seed: in
         seed: Seed of a new split.
         dirs: Project folders.
         verbose: Print the split counts and every row left out.
+        listings_url: ``airbnb`` only: an Inside Airbnb ``listings.csv.gz`` URL or local
+            file, used instead of ``data_dir``.
 
     Returns:
         The rows with their ``split``.
@@ -368,7 +395,11 @@ def load_split(dataset: str, data_dir: str | os.PathLike | None = None, seed: in
         frame, left_out = read_houses(root)
         frame.insert(0, "id", frame.pop("house").astype(str))
     else:
-        frame, root = _read_airbnb(data_dir)
+        frame, root, left_out = _read_airbnb(data_dir, listings_url, dirs, verbose)
+        if root is not None:
+            spec = dataclasses.replace(
+                spec, rooms=("photo",),
+                numeric=tuple(c for c in spec.numeric if c in frame and frame[c].notna().any()))
     manifest_path = dirs.data / dataset / "manifest.csv"
     if manifest_path.is_file():
         manifest = pd.read_csv(manifest_path, dtype={"id": str})
@@ -381,7 +412,7 @@ def load_split(dataset: str, data_dir: str | os.PathLike | None = None, seed: in
         frame = frame[frame["id"].isin(split.index)].copy()
         frame["split"] = frame["id"].map(split)
     else:
-        if dataset == "airbnb":
+        if dataset == "airbnb" and root is None:
             split = pd.Series("test", index=frame.index)
             train = frame.index[frame["course_split"] == "train"]
             strata = pd.qcut(np.log(frame.loc[train, spec.target]), 5, labels=False)

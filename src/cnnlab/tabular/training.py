@@ -178,6 +178,7 @@ def train_mixed(
     dirs: ProjectDirs | None = None,
     seed: int = 42,
     verbose: bool = True,
+    listings_url: str | None = None,
 ) -> MixedRun:
     """Baselines and mixed-data models on one dataset and split, in one run.
 
@@ -192,6 +193,9 @@ def train_mixed(
         dirs: Project folders.
         seed: Seed of the split (first run), initialisation and shuffling.
         verbose: Print one line per model.
+        listings_url: ``airbnb`` only: an Inside Airbnb ``listings.csv.gz`` URL or file; its
+            photos are downloaded once and the image models train on them (one room,
+            ``photo``). See :func:`cnnlab.tabular.columns.load_split`.
 
     Returns:
         The run: predictions, histories, saved paths; ``run.table()`` scores the test split.
@@ -210,7 +214,8 @@ def train_mixed(
     if "frozen_fusion" in requested and not {"mlp", "transfer"} <= set(requested):
         raise ValueError("frozen_fusion fuses the saved mlp and transfer models: request them "
                          "too (they are trained first)")
-    data = load_split(dataset, data_dir, seed=seed, dirs=dirs, verbose=verbose)
+    data = load_split(dataset, data_dir, seed=seed, dirs=dirs, verbose=verbose,
+                      listings_url=listings_url)
     train_rows = data.rows("train")
     copies = find_target_copies(train_rows, data.spec)
     spec = drop_target_copies(data.spec, copies, verbose=verbose)
