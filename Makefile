@@ -9,8 +9,8 @@ PROFILE ?= cpu
 WEIGHTS ?= local
 WEIGHTS_DIR ?= $(firstword $(wildcard ../shared/weights))
 # Notebook 07: the Houses dataset and the Airbnb course CSVs, if ../shared is beside the checkout.
-MIXED_DATA_DIR ?= $(firstword $(wildcard ../shared/datasets/houses))
-AIRBNB_DATA_DIR ?= $(firstword $(wildcard ../shared/datasets/airbnb-madrid))
+export CNNLAB_HOUSES_DIR ?= $(abspath $(firstword $(wildcard ../shared/datasets/houses)))
+export CNNLAB_AIRBNB_DIR ?= $(abspath $(firstword $(wildcard ../shared/datasets/airbnb-madrid)))
 ARGS ?=
 # A local copy of the DeepLab TFLite models, if this checkout has ../shared beside it.
 export CNNLAB_DEEPLAB_DIR ?= $(abspath $(firstword $(wildcard ../shared/models/deeplab)))
@@ -29,9 +29,7 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/cnnlab run --dataset $(DATASET) --profile $(PROFILE) --weights $(WEIGHTS) \
-		$(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) \
-		$(if $(MIXED_DATA_DIR),--mixed-data-dir $(MIXED_DATA_DIR)) \
-		$(if $(AIRBNB_DATA_DIR),--airbnb-data-dir $(AIRBNB_DATA_DIR)) $(ARGS)
+		$(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)

@@ -109,3 +109,22 @@ def test_cli_lists_registries(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "mobilenet_v3_small_075" in out and "retail_cnn" in out and "smoke" in out
+
+
+def test_startup_log_lines_are_stripped_and_other_stderr_kept():
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from cnnlab.pipeline import strip_startup_logs
+
+    text = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
+            "STDERR\n"
+            "I0000 00:00:1796221749.391409   24968 cudart_stub.cc:31] Could not find cuda "
+            "drivers on your machine, GPU will not be used.\n"
+            "UserWarning: a warning the reader must see\n")
+    notebook = new_notebook(cells=[new_code_cell("import keras", outputs=[
+        new_output("stream", name="stderr", text=text),
+        new_output("stream", name="stderr", text=text.splitlines(keepends=True)[0])])])
+    assert strip_startup_logs(notebook) == 3
+    outputs = notebook.cells[0].outputs
+    assert len(outputs) == 1
+    assert outputs[0]["text"] == "UserWarning: a warning the reader must see\n"

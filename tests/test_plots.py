@@ -28,3 +28,16 @@ def test_every_plot_returns_a_figure(sample_root, tmp_path):
     assert (tmp_path / "counts.png").stat().st_size > 1000
     samples = figures[1].axes
     assert sorted(a.get_title() for a in samples if a.get_title()) == manifest.classes
+
+
+def test_jpeg_image_is_a_small_jpeg_of_the_figure():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from cnnlab.plots import jpeg_image
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.imshow(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    image = jpeg_image(fig)
+    assert image.data[:3] == b"\xff\xd8\xff" and image.format == "jpeg"
+    assert not plt.fignum_exists(fig.number)  # closed: not shown again as PNG

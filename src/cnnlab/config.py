@@ -155,7 +155,7 @@ class Profile:
     mixed_models: tuple[str, ...] = ("mlp", "cnn", "transfer", "fusion", "frozen_fusion")
     mixed_backbone: str = "mobilenet_v2"
     mixed_image_size: int = 224
-    mixed_cnn_image_size: int = 48
+    mixed_cnn_image_size: int = 32
     mixed_epochs: int = 400
     mixed_cnn_epochs: int = 40
     mixed_learning_rate: float = 1e-3
@@ -187,7 +187,7 @@ PROFILES: dict[str, Profile] = {
         freeze_epochs=1, fine_tune_epochs=1, max_train_per_class=12, segment_images=2,
         backbones=("mobilenet_v3_small_075", "efficientnet_b0"),
         scratch_twins=("mobilenet_v3_small_075",),
-        mixed_image_size=96, mixed_cnn_image_size=32, mixed_epochs=30, mixed_cnn_epochs=3,
+        mixed_image_size=96, mixed_cnn_image_size=24, mixed_epochs=30, mixed_cnn_epochs=3,
         mixed_patience=30,
     ),
     # cpu: about an hour for cards (3,180 training images) on 2 cores. The two backbones with

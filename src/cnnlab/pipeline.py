@@ -8,6 +8,7 @@ error and the path of the executed copy that shows where it failed.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -28,7 +29,22 @@ NOTEBOOKS = (
 
 
 # Environment variables holding paths, made absolute before the kernels start in notebooks/.
-PATH_VARIABLES = ("CNNLAB_DEEPLAB_DIR", "CNNLAB_WEIGHTS_DIR", "CNNLAB_ROOT")
+PATH_VARIABLES = ("CNNLAB_DEEPLAB_DIR", "CNNLAB_WEIGHTS_DIR", "CNNLAB_ROOT",
+                  "CNNLAB_HOUSES_DIR", "CNNLAB_AIRBNB_DIR")
+
+# TensorFlow's C++ start-up lines, written to the kernel's stderr before any Python runs (no
+# environment variable silences them in TensorFlow 2.20+: TF_CPP_MIN_LOG_LEVEL does not reach
+# the pre-absl messages). They say nothing about the notebook and are removed from its
+# outputs; any other stderr line is kept.
+STARTUP_LOG_LINES = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    r"STDERR"
+    r"|[IWE]\d{4} [\d:. ]+\d+ (cudart_stub|cuda_dnn|cuda_fft|cuda_blas|cpu_feature_guard|"
+    r"port)\.cc:\d+\] .*"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate "
+    r"compiler flags\."
+    r"|.*oneDNN custom operations are on\..*"
+    r"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\..*)$")
 
 
 class NotebookFailed(RuntimeError):
@@ -45,11 +61,39 @@ def _relative_to_notebooks(value, notebooks_dir: Path):
     return os.path.relpath(path.resolve(), notebooks_dir)
 
 
+def strip_startup_logs(notebook) -> int:
+    """Removes TensorFlow's start-up lines (:data:`STARTUP_LOG_LINES`) from stream outputs.
+
+    Args:
+        notebook: An ``nbformat`` notebook, changed in place; outputs left empty are dropped.
+
+    Returns:
+        The number of lines removed.
+    """
+    removed = 0
+    for cell in notebook.cells:
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                lines = output["text"].splitlines(keepends=True)
+                clean = [line for line in lines if not STARTUP_LOG_LINES.match(line.rstrip())]
+                removed += len(lines) - len(clean)
+                output["text"] = "".join(clean)
+                if not output["text"]:
+                    continue
+            kept.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    return removed
+
+
 def _portable_metadata(path: Path, input_path: str, output_path: str) -> None:
-    """Replaces papermill's absolute input/output paths with paths relative to the root."""
+    """Replaces papermill's absolute input/output paths with paths relative to the root, and
+    strips TensorFlow's start-up lines from the outputs."""
     import nbformat
 
     notebook = nbformat.read(path, as_version=4)
+    strip_startup_logs(notebook)
     meta = notebook.metadata.get("papermill", {})
     meta.update(input_path=input_path, output_path=output_path)
     with atomic_path(path) as tmp:

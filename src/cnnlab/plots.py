@@ -222,3 +222,28 @@ def plot_lr_find(result) -> Figure:
                                                else ""))
     fig.tight_layout()
     return fig
+
+
+def jpeg_image(fig: Figure, quality: int = 75, dpi: int = 72):
+    """``fig`` as an inline JPEG (``IPython.display.Image``), the figure closed.
+
+    Photo grids stored as PNG make a notebook several times larger than as JPEG; show them
+    with ``display(jpeg_image(fig))`` (after saving the PNG, if wanted).
+
+    Args:
+        fig: The figure.
+        quality: JPEG quality, 1-95.
+        dpi: Resolution of the rendering.
+
+    Returns:
+        An ``IPython.display.Image`` holding the JPEG bytes.
+    """
+    import io
+
+    from IPython.display import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="jpeg", dpi=dpi, bbox_inches="tight",
+                pil_kwargs={"quality": quality})
+    plt.close(fig)
+    return Image(data=buffer.getvalue(), format="jpeg")

@@ -30,7 +30,7 @@ from cnnlab.config import ProjectDirs, display_path, project_dirs
 from cnnlab.storage import atomic_path
 
 __all__ = ["ROOMS", "TabularSpec", "TABULAR_DATASETS", "get_tabular_spec", "read_houses",
-           "fetch_houses", "split_rows", "load_split", "TabularData"]
+           "fetch_houses", "course_csv_dir", "split_rows", "load_split", "TabularData"]
 
 ROOMS = ("bathroom", "bedroom", "frontal", "kitchen")
 HOUSES_URL = "https://github.com/emanhamed/Houses-dataset/archive/refs/heads/master.zip"
@@ -39,6 +39,9 @@ HOUSES_URL = "https://github.com/emanhamed/Houses-dataset/archive/refs/heads/mas
 HOUSES_INFO_SHA256 = "47d22d22d96b490d19a3bc686edd3524af97e2c7041cfbd57c0f463ba80bb664"
 HOUSES_INFO = "HousesInfo.txt"
 HOUSES_FOLDER = "Houses Dataset"
+# Local copies used when no data_dir is passed (e.g. set by `make run` from ../shared).
+HOUSES_DIR_ENV = "CNNLAB_HOUSES_DIR"
+AIRBNB_DIR_ENV = "CNNLAB_AIRBNB_DIR"
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,8 @@ def _sha256(path: Path) -> str:
 
 def fetch_houses(data_dir: str | os.PathLike | None = None,
                  dirs: ProjectDirs | None = None) -> Path:
-    """The Houses dataset folder: ``data_dir`` if given, else downloaded once to data/.
+    """The Houses dataset folder: ``data_dir`` (or ``$CNNLAB_HOUSES_DIR``), else downloaded
+    once to data/.
 
     The download is the upstream repository's archive (``HOUSES_URL``) through
     ``keras.utils.get_file``, extracted under ``data/houses/raw/`` and checked by the SHA-256
@@ -227,6 +231,7 @@ def fetch_houses(data_dir: str | os.PathLike | None = None,
         RuntimeError: If the download fails or its content does not match; the message says
             how to pass a local copy.
     """
+    data_dir = data_dir or os.environ.get(HOUSES_DIR_ENV) or None
     if data_dir is not None:
         return houses_folder(data_dir)
     raw = (dirs or project_dirs()).data / "houses" / "raw"
@@ -319,6 +324,22 @@ class TabularData:
         return self.frame["split"].value_counts().reindex(SPLITS)
 
 
+def course_csv_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder of the Airbnb course CSVs: ``data_dir``, else ``$CNNLAB_AIRBNB_DIR``, else None.
+
+    Raises:
+        FileNotFoundError: If the folder given has no ``trainAttrX.csv``.
+    """
+    folder = data_dir or os.environ.get(AIRBNB_DIR_ENV) or None
+    if folder is None:
+        return None
+    folder = Path(folder)
+    if not (folder / "trainAttrX.csv").is_file():
+        raise FileNotFoundError(f"{folder} holds no trainAttrX.csv: pass the folder of the "
+                                f"Airbnb course CSVs (trainAttrX.csv, testAttrX.csv, ...)")
+    return folder
+
+
 def _read_airbnb(data_dir: str | os.PathLike | None, listings_url: str | None,
                  dirs: ProjectDirs, verbose: bool) -> tuple[pd.DataFrame, Path | None,
                                                         pd.DataFrame]:
@@ -340,6 +361,7 @@ def _read_airbnb(data_dir: str | os.PathLike | None, listings_url: str | None,
         frame = frame[~missing].assign(photo=lambda f: f["id"].map(usable))
         return frame, photos_dir, left_out.rename(columns={"id": "house"}).assign(
             file=display_path(dirs.data / "airbnb" / "raw"))
+    data_dir = course_csv_dir(data_dir)
     if data_dir is None:
         raise FileNotFoundError(
             "the airbnb dataset needs --data-dir (the folder of the course CSVs "
