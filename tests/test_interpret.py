@@ -188,3 +188,23 @@ def test_interpretation_figures(trained, nested):
     assert str(len(test)) in figures["confusion"].axes[0].get_title()
     with pytest.raises(ValueError, match="top_losses"):
         interp.plot_gradcam(2, which="best")
+
+
+def test_gradcam_explains_the_split_class_when_the_model_orders_classes_differently(trained):
+    from cnnlab.evaluate import class_order
+
+    test, classes = trained["test"], trained["manifest"].classes
+    model = trained["flat"].model
+    model_classes = classes[::-1]  # as if the model was saved with its classes reversed
+    order = class_order(model_classes, classes)
+    interp = Interpretation.from_model(model, test, classes, batch_size=8, column_order=order)
+    images = _images(test, interp.image_size, count=3)
+    for split_class in range(len(classes)):
+        asked = np.full(3, split_class)
+        _, heatmaps = interp.gradcam(np.arange(3), class_indices=asked)
+        expected = gradcam_heatmaps(model, images, np.full(3, order[split_class]))
+        np.testing.assert_allclose(heatmaps, expected, atol=1e-6)
+    # the predicted classes are explained through the same mapping
+    _, predicted = interp.gradcam(np.arange(3))
+    columns = order[interp.predictions.y_pred[:3]]
+    np.testing.assert_allclose(predicted, gradcam_heatmaps(model, images, columns), atol=1e-6)

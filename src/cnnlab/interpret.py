@@ -219,14 +219,19 @@ class Interpretation:
     Attributes:
         model: The classifier.
         rows: The split's rows (``file``, ``label_index``), in prediction order.
-        predictions: One pass of predictions over all of ``rows``.
+        predictions: One pass of predictions over all of ``rows`` (columns in the split's
+            class order).
         name: Model name for titles.
+        column_order: The model's output column of each of the split's classes
+            (``evaluate.class_order``), or None when the two orders are the same. Grad-CAM
+            maps split classes through it before asking the model for a logit.
     """
 
     model: keras.Model
     rows: pd.DataFrame
     predictions: Predictions
     name: str
+    column_order: np.ndarray | None = None
 
     @classmethod
     def from_model(cls, model: keras.Model | str | os.PathLike, split: pd.DataFrame,
@@ -266,7 +271,8 @@ class Interpretation:
         rows = split.reset_index(drop=True)
         dataset = split_dataset(rows, int(model.input_shape[1]), batch_size)
         return cls(model, rows, predict_dataset(model, dataset, class_names, column_order),
-                   name or model.name)
+                   name or model.name,
+                   None if column_order is None else np.asarray(column_order, dtype=int))
 
     @property
     def class_names(self) -> list[str]:
@@ -381,7 +387,8 @@ class Interpretation:
         Args:
             indices: Positions in the split.
             layer: Feature-map layer; None: the last one.
-            class_indices: Classes to explain; None: the predicted ones.
+            class_indices: Classes to explain, as the split's label indices; None: the
+                predicted ones. They are mapped to the model's own output columns.
 
         Returns:
             ``(images, heatmaps)``: ``(n, s, s, 3)`` float32 in ``[0, 255]`` at the model's
@@ -392,7 +399,10 @@ class Interpretation:
                            for i in indices])
         if class_indices is None:
             class_indices = self.predictions.y_pred[indices]
-        return images, gradcam_heatmaps(self.model, images, class_indices, layer)
+        columns = np.asarray(class_indices, dtype=int)
+        if self.column_order is not None:
+            columns = self.column_order[columns]
+        return images, gradcam_heatmaps(self.model, images, columns, layer)
 
     def plot_gradcam(self, k: int = 6, layer: str | None = None, which: str = "top_losses",
                      seed: int = 0, cols: int = 3) -> Figure:
