@@ -1,3 +1,4 @@
+import json
 import time
 from functools import partial
 
@@ -210,7 +211,7 @@ def test_training_record_reads_the_run_folder(tmp_path):
 def test_deployed_model_classifies_new_files_of_any_format(saved, project, tmp_path):
     manifest, _ = saved
     path, reason = choose_model(project.models, project.reports, "sample")
-    assert path.name == "sample-vehicles_cnn_bn.h5" and "most recently saved" in reason
+    assert path.name == "sample-vehicles_cnn_bn.h5" and "best validation accuracy" in reason
     files = demo_images(manifest.split("test"), tmp_path / "new", count=4)
     assert sorted(f.suffix for f in files) == [".jpg", ".png", ".png", ".webp"]
     classifier = Classifier.load(path)
@@ -220,3 +221,22 @@ def test_deployed_model_classifies_new_files_of_any_format(saved, project, tmp_p
     assert (sums <= 1 + 1e-5).all() and (table["rank"].between(1, 3)).all()
     with pytest.raises(FileNotFoundError, match="train one"):
         choose_model(project.models, project.reports, "cards")
+
+
+def test_deployed_model_is_chosen_by_validation_never_by_test(tmp_path):
+    models, checkpoints, reports = (tmp_path / n for n in ("models", "checkpoints", "reports"))
+    for folder in (models, checkpoints, reports):
+        folder.mkdir()
+    for name, val in (("a", [0.5, 0.7]), ("b", [0.8, 0.75]), ("c", None)):
+        (models / f"sample-{name}.h5").write_bytes(b"")
+        (models / f"sample-{name}.json").write_text(json.dumps({"run_folder": f"sample-{name}"}))
+        if val is not None:
+            (checkpoints / f"sample-{name}").mkdir()
+            pd.DataFrame({"epoch": range(len(val)), "val_accuracy": val}).to_csv(
+                checkpoints / f"sample-{name}" / "history.csv", index=False)
+    # The leaderboard (test split) ranks a first: it must not decide.
+    pd.DataFrame({"model": ["a", "b"], "accuracy": [0.9, 0.6]}).to_csv(
+        reports / "sample-leaderboard.csv", index=False)
+    path, reason = choose_model(models, reports, "sample")
+    assert path.name == "sample-b.h5"
+    assert "best validation accuracy of 2 model(s) (0.800" in reason and "test" in reason

@@ -49,7 +49,7 @@ def test_all_seven_notebooks_run_on_sample_with_smoke_profile(project, offline_a
                                       "mobilenet_v3_small_075_scratch", "retail_cnn"]
     assert "pretrained - scratch" in transfer  # the twin comparison table
     assert (board["test images"] == board["test images"].iloc[0]).all()
-    assert "best test accuracy on the leaderboard" in _outputs(report / "06_inference.ipynb")
+    assert "best validation accuracy" in _outputs(report / "06_inference.ipynb")
     mixed = _outputs(report / "07_mixed_data_regression.ipynb")
     assert "Houses dataset (Ahmed & Moustafa 2016): 535 rows" in mixed
     assert "dropped weekly_price" in mixed and "course recipe (leaking columns kept)" in mixed

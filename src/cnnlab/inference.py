@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,34 +112,59 @@ def demo_images(rows: pd.DataFrame, out_dir: str | os.PathLike, count: int = 4,
     return written
 
 
+def best_validation_accuracy(model_file: str | os.PathLike,
+                             checkpoints_dir: str | os.PathLike) -> float | None:
+    """The best ``val_accuracy`` of the run that trained ``model_file``, or None.
+
+    Reads the model's JSON sidecar (``run_folder``) and that run's ``history.csv``.
+    """
+    sidecar = Path(model_file).with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    run = json.loads(sidecar.read_text()).get("run_folder")
+    history = Path(checkpoints_dir) / str(run) / "history.csv"
+    if not run or not history.is_file():
+        return None
+    values = pd.read_csv(history).get("val_accuracy")
+    return None if values is None or values.isna().all() else float(values.max())
+
+
 def choose_model(models_dir: str | os.PathLike, reports_dir: str | os.PathLike,
-                 dataset: str, name: str | None = None) -> tuple[Path, str]:
+                 dataset: str, name: str | None = None,
+                 checkpoints_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
     """The ``.h5`` model to deploy for ``dataset`` and why it was chosen.
+
+    Model selection reads the validation split only (each run's best ``val_accuracy``), so
+    the test split stays untouched until the report; choosing by test accuracy would make
+    the reported test score optimistic.
 
     Args:
         models_dir: The ``models/`` folder.
-        reports_dir: The ``reports/`` folder (holds ``<dataset>-leaderboard.csv`` from 05).
+        reports_dir: The ``reports/`` folder (not read for the choice; kept for callers).
         dataset: Dataset name (model files are ``<dataset>-<model>.h5``).
         name: A model name to use as is.
+        checkpoints_dir: The ``checkpoints/`` folder (default: beside ``models_dir``).
 
     Returns:
-        ``(path, reason)``: the leaderboard's best model if notebook 05 ran, else the most
-        recently saved one.
+        ``(path, reason)``: the model whose run reached the best validation accuracy, else
+        (no run folder with validation history) the most recently saved one.
 
     Raises:
         FileNotFoundError: If no model of ``dataset`` exists (train one in 02 or 03).
     """
-    models_dir, reports_dir = Path(models_dir), Path(reports_dir)
+    models_dir = Path(models_dir)
     if name:
         return models_dir / f"{dataset}-{name}.h5", "chosen by the model_name parameter"
-    board = reports_dir / f"{dataset}-leaderboard.csv"
-    if board.is_file():
-        table = pd.read_csv(board)
-        best = table["model"].iloc[0]
-        return (models_dir / f"{dataset}-{best}.h5",
-                f"best test accuracy on the leaderboard ({table['accuracy'].iloc[0]:.3f})")
+    checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else models_dir.parent / \
+        "checkpoints"
     saved = sorted(models_dir.glob(f"{dataset}-*.h5"), key=lambda p: p.stat().st_mtime)
     if not saved:
         raise FileNotFoundError(f"no {dataset}-*.h5 model in models/; train one with notebook "
                                 f"02 or 03 first")
-    return saved[-1], "most recently saved (no leaderboard yet: notebook 05 not run)"
+    scored = [(value, path) for path in saved
+              if (value := best_validation_accuracy(path, checkpoints_dir)) is not None]
+    if scored:
+        value, path = max(scored, key=lambda item: item[0])
+        return path, (f"best validation accuracy of {len(scored)} model(s) ({value:.3f}, from "
+                      f"its run's history.csv; the test split is not used to choose)")
+    return saved[-1], "most recently saved (no run folder with validation accuracy)"
