@@ -227,3 +227,18 @@ def test_kaggle_download_prints_version_and_counts(monkeypatch, tmp_path, capsys
     assert datasets.kaggle_download("jehanbhathena/weather-dataset") == cache
     out = capsys.readouterr().out
     assert "version 3" in out and "2 files, 1 images" in out
+
+
+def test_a_mistyped_dataset_name_is_not_silently_read_as_a_folder():
+    import warnings
+
+    from cnnlab.datasets import get_dataset_spec
+
+    with pytest.warns(UserWarning, match="did you mean 'cards'"):
+        assert get_dataset_spec("crads").name == "folder"
+    with pytest.warns(UserWarning, match="did you mean 'vehicles'"):
+        get_dataset_spec("vehicle")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a name far from every entry: no warning
+        assert get_dataset_spec("my_holiday_photos").name == "folder"
+    assert get_dataset_spec("cards").hflip is False

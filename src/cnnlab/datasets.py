@@ -134,14 +134,29 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
-    """Returns the registry entry ``name``; unknown names fall back to ``folder`` with a note.
+    """Returns the registry entry ``name``; other names are the user's own ``folder``.
+
+    A name close to a registered one (``crads``) is still read as a folder (``cars`` may be
+    a user's own dataset), but never silently: a ``UserWarning`` names the registered entry,
+    whose settings (no horizontal flips for cards, the class selection of vehicles) do not
+    apply to a folder.
 
     Raises:
-        KeyError: Never for plain names; only if ``name`` is empty.
+        KeyError: If ``name`` is empty.
     """
+    import difflib
+    import warnings
+
     if not name:
         raise KeyError("dataset name is empty; choose one of " + ", ".join(DATASETS))
-    return DATASETS.get(name, DATASETS["folder"])
+    if name in DATASETS:
+        return DATASETS[name]
+    close = difflib.get_close_matches(name, list(DATASETS), n=1, cutoff=0.75)
+    if close:
+        warnings.warn(f"dataset {name!r} is not in the registry and is read as your own "
+                      f"folder; did you mean {close[0]!r}? Its settings do not apply to a "
+                      f"folder", UserWarning, stacklevel=2)
+    return DATASETS["folder"]
 
 
 def fetch_dataset(
