@@ -388,3 +388,30 @@ def test_short_real_fine_tune_beats_its_own_frozen_stage(project, shared_dir):
     load_weights(result.model, result.run.frozen)
     frozen = accuracy(result.model)
     assert final > frozen + 0.03, (frozen, final)
+
+
+def test_a_crash_during_the_model_save_resumes_and_saves_without_retraining(
+        sample_root, project, monkeypatch):
+    import cnnlab.export
+    from cnnlab import train
+
+    manifest = build_manifest(sample_root, "sample")
+    real_save = cnnlab.export.save_model
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(cnnlab.export, "save_model", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_custom("retail_cnn", manifest, TINY, project)
+    run = project.checkpoints / "sample-retail_cnn"
+    assert json.loads((run / "state.json").read_text())["status"] == "running"
+    assert not (project.models / "sample-retail_cnn.keras").exists()
+    epochs = len(pd.read_csv(run / "history.csv"))
+
+    monkeypatch.setattr(cnnlab.export, "save_model", real_save)
+    result = train.train_custom("retail_cnn", manifest, TINY, project)
+    assert len(pd.read_csv(run / "history.csv")) == epochs == TINY.custom_epochs  # no retraining
+    assert result.run.path == run and json.loads((run / "state.json").read_text())[
+        "status"] == "finished"
+    assert (project.models / "sample-retail_cnn.keras").is_file()

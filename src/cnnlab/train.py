@@ -703,10 +703,11 @@ def _train_end_to_end(model, data: TrainingData, run: RunFolder, epochs: int, lr
     run.complete("train")
 
 
-def _finish(model, run: RunFolder) -> pd.DataFrame:
+def _restore_best(model, run: RunFolder) -> pd.DataFrame:
+    """Loads the best checkpoint; the run stays ``running`` until its model is saved, so a
+    kill between the last epoch and the save resumes (every stage done) and saves."""
     if run.best.exists():
         load_weights(model, run.best)
-    finish_run(run)
     return run.read_history()
 
 
@@ -725,7 +726,9 @@ def train_classifier(
         The run's history (``history.csv``) as a DataFrame.
     """
     _train_end_to_end(model, data, run, epochs, learning_rate, jit_compile, verbose)
-    return _finish(model, run)
+    history = _restore_best(model, run)
+    finish_run(run)
+    return history
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -951,13 +954,14 @@ def fine_tune(
             if epochs > 0 and not run.completed("fine_tune"):
                 _fine_tune_stage(model, data, run, recipe, lr, freeze_epochs, epochs,
                                  jit_compile, verbose, callbacks)
-    history = _finish(model, run)
+    history = _restore_best(model, run)
     seconds = time.perf_counter() - start
     paths = {}
     if save and distribute.is_chief(strategy):
         paths = _save(model, dirs, data, name, seconds, label, run,
                       {"backbone": find_backbone(model).name,
                        "freeze_epochs": freeze_epochs if pretrained else 0})
+    finish_run(run)  # after the save: a kill before it resumes and saves
     return TrainingResult(name, model, history, run, paths, seconds, label,
                           freeze_epochs if pretrained else None, used_cache)
 
@@ -1045,12 +1049,13 @@ def train_custom(name: str, manifest, profile, dirs=None, seed: int = 42,
           f"{profile.custom_epochs} epochs")
     start = time.perf_counter()
     with strategy.scope():
-        history = train_classifier(model, data, run, profile.custom_epochs, lr,
-                                   profile.jit_compile)
+        _train_end_to_end(model, data, run, profile.custom_epochs, lr, profile.jit_compile, 2)
+        history = _restore_best(model, run)
     seconds = time.perf_counter() - start
     paths = {}
     if distribute.is_chief(strategy):
         paths = _save(model, dirs, data, name, seconds, "none (custom CNN)", run, {})
+    finish_run(run)  # after the save: a kill before it resumes and saves
     return TrainingResult(name, model, history, run, paths, seconds, "none (custom CNN)")
 
 
