@@ -46,23 +46,27 @@ def test_saving_again_keeps_the_previous_model(tmp_path, capsys):
     assert [p.name for p in list_models(tmp_path, "cards-")] == ["cards-retail_cnn.keras"]
 
 
-def test_interrupted_save_leaves_no_half_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", [".keras", ".h5"])
+def test_interrupted_save_leaves_the_previous_model_in_place(tmp_path, monkeypatch, failing):
     model = _model("retail_cnn")
     save_model(model, tmp_path, "x")
-    before = (tmp_path / "x.keras").read_bytes()
+    before = {s: (tmp_path / f"x{s}").read_bytes() for s in (".keras", ".h5", ".json")}
+    real_save = keras.Model.save
 
     def crash(self, path, *args, **kwargs):
-        open(path, "wb").write(b"half")
-        raise KeyboardInterrupt
+        if str(path).endswith(failing):
+            open(path, "wb").write(b"half")
+            raise KeyboardInterrupt
+        return real_save(self, path, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         save_model(model, tmp_path, "x")
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
-    assert (tmp_path / "previous").is_dir()
-    kept = sorted((tmp_path / "previous").glob("x-*.keras"))
-    assert kept and kept[-1].read_bytes() == before
+    # the model and its sidecar stay together where they were; nothing moved aside
+    assert {s: (tmp_path / f"x{s}").read_bytes() for s in before} == before
+    assert not list(tmp_path.glob("previous/x-*"))
 
 
 def test_load_model_errors(tmp_path):

@@ -22,6 +22,7 @@ tensorflow/models#11274); ``dynamic`` keeps it and still stores int8 weights.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -34,7 +35,7 @@ import numpy as np
 from keras import ops
 
 import cnnlab.backbones  # noqa: F401  (registers BackbonePreprocessing for deserialisation)
-from cnnlab.storage import atomic_path, keep_previous, read_json, write_json
+from cnnlab.storage import atomic_path, keep_previous, read_json
 
 
 class _ScalarOperandMixin:
@@ -88,9 +89,10 @@ def save_model(
 ) -> dict[str, Path]:
     """Saves ``model`` as ``<name>.keras``, ``<name>.h5`` and ``<name>.json``.
 
-    Each file is written under a temporary name and renamed, so an interrupted save leaves the
-    previous files intact. Existing files of the same name are moved to ``previous/`` (never
-    overwritten silently) and the move is printed.
+    All three files are written under temporary names first; only when every one is
+    complete are existing files of the same name moved to ``previous/`` (never overwritten
+    silently; the move is printed) and the new ones renamed into place. A crash while saving
+    leaves the previous model and its sidecar where they were.
 
     Args:
         model: The model to save.
@@ -102,21 +104,32 @@ def save_model(
         ``{".keras": path, ".h5": path, ".json": path}``.
     """
     models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
     paths = {suffix: models_dir / f"{name}{suffix}" for suffix in (*MODEL_FORMATS, ".json")}
-    for path in paths.values():
-        moved = keep_previous(path)
-        if moved is not None:
-            print(f"kept the previous {path.name} as previous/{moved.name}")
-    for suffix in MODEL_FORMATS:
-        with atomic_path(paths[suffix]) as tmp:
-            model.save(tmp)
+    temporary = {suffix: path.with_name(f".{path.stem}.tmp{os.getpid()}{suffix}")
+                 for suffix, path in paths.items()}
     sidecar = {
         "name": name, "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
         "params_total": int(model.count_params()),
         "params_trainable": int(sum(int(ops.size(w)) for w in model.trainable_weights)),
         "keras_version": keras.__version__, **(metadata or {}),
     }
-    write_json(paths[".json"], sidecar)
+    try:
+        # Every new file is complete before anything already there is touched.
+        for suffix in MODEL_FORMATS:
+            model.save(temporary[suffix])
+        temporary[".json"].write_text(json.dumps(sidecar, indent=2, default=str) + "\n",
+                                      encoding="utf-8")
+        for path in paths.values():
+            moved = keep_previous(path)
+            if moved is not None:
+                print(f"kept the previous {path.name} as previous/{moved.name}")
+        for suffix, path in paths.items():
+            os.replace(temporary[suffix], path)
+    finally:
+        for tmp in temporary.values():
+            if tmp.exists():
+                tmp.unlink()
     return paths
 
 
