@@ -117,23 +117,12 @@ REPORT_COLUMNS = ("id", "picture_url", "status", "error", "path")
 
 USER_AGENT = "cnnlab/0.1 (course project; Inside Airbnb listing photos)"
 
-# Columns copied as numbers, and the ones written as prices ("$1,234.00"), in listings files.
-_NUMERIC = (
-    "host_listings_count",
-    "host_total_listings_count",
-    "accommodates",
-    "bedrooms",
-    "beds",
-    "guests_included",
-    "availability_365",
-    "review_scores_rating",
-    "review_scores_accuracy",
-    "review_scores_cleanliness",
-    "review_scores_location",
-    "calculated_host_listings_count",
-)
+# Columns written as prices ("$1,234.00") in listings files, the ones derived from other
+# columns there, and the rest, copied as numbers.
 _MONEY = ("price", "weekly_price", "monthly_price", "security_deposit", "cleaning_fee",
           "extra_people")
+_DERIVED = ("bathrooms", "host_since_in_days", "entire_home_apt", "private_room")
+_NUMERIC = tuple(c for c in COLUMNS if c not in _MONEY + _DERIVED)
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _FIRST_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")

@@ -66,12 +66,17 @@ def drop_target_copies(spec: TabularSpec, copies: dict[str, str], verbose: bool 
                                categorical=keep(spec.categorical))
 
 
+def _as_text(values):
+    """Categorical codes as strings (a zipcode read as a number is still a category)."""
+    return np.asarray(values).astype(str)
+
+
 def build_preprocessor(spec: TabularSpec) -> ColumnTransformer:
     """The unfitted preprocessing of ``spec``'s feature columns.
 
     numeric: median imputation (plus a missing-value indicator column) and standardisation;
-    log_numeric: median imputation, ``log1p`` and standardisation; categorical: constant
-    imputation and one-hot encoding, levels seen fewer than 5 times pooled into one
+    log_numeric: median imputation, ``log1p`` and standardisation; categorical: as text,
+    constant imputation and one-hot encoding, levels seen fewer than 5 times pooled into one
     ``infrequent`` column and unseen levels mapped to it.
 
     Returns:
@@ -89,6 +94,7 @@ def build_preprocessor(spec: TabularSpec) -> ColumnTransformer:
             list(spec.log_numeric)))
     if spec.categorical:
         parts.append(("categorical", make_pipeline(
+            FunctionTransformer(_as_text, feature_names_out="one-to-one"),
             SimpleImputer(strategy="constant", fill_value="missing"),
             OneHotEncoder(handle_unknown="infrequent_if_exist",
                           min_frequency=MIN_CATEGORY_COUNT, sparse_output=False)),
@@ -106,10 +112,7 @@ def fit_preprocessor(spec: TabularSpec, train: pd.DataFrame) -> Pipeline | Colum
     Returns:
         The fitted transformer; ``transform(rows)`` gives ``(n, features)`` float64.
     """
-    categorical = list(spec.categorical)
-    frame = train.copy()
-    frame[categorical] = frame[categorical].astype(str)
-    return build_preprocessor(spec).fit(frame)
+    return build_preprocessor(spec).fit(train)
 
 
 class TargetScaler:

@@ -101,9 +101,7 @@ class MixedRun:
 
 
 def _tabular(run: MixedRun, split: str) -> np.ndarray:
-    rows = run.data.rows(split).copy()
-    rows[list(run.spec.categorical)] = rows[list(run.spec.categorical)].astype(str)
-    return run.preprocessor.transform(rows).astype(np.float32)
+    return run.preprocessor.transform(run.data.rows(split)).astype(np.float32)
 
 
 def fit_regressor(model: keras.Model, train: tuple[dict, np.ndarray],
@@ -233,8 +231,7 @@ def train_mixed(
     run.info["median"] = {"inputs": "none", "started from": "training median"}
     start = time.perf_counter()
     gbm = make_pipeline(clone(build_preprocessor(spec)), _gbm(seed))
-    frame = {s: data.rows(s).assign(**{c: data.rows(s)[c].astype(str) for c in spec.categorical})
-             for s in SPLITS}
+    frame = {s: data.rows(s) for s in SPLITS}
     gbm.fit(frame["train"], y["train"])
     run.predictions["gbm"] = {s: run.scaler.inverse(gbm.predict(frame[s])) for s in SPLITS}
     run.info["gbm"] = {"inputs": "tabular", "started from": "scikit-learn defaults",
