@@ -212,3 +212,19 @@ def test_cli_trains_one_mixed_model_beside_the_baselines(airbnb_dir, project, ca
     assert main(["mixed", "cnn", "--dataset", "airbnb", "--data-dir", str(airbnb_dir),
                  "--profile", "smoke"]) == 0  # no photos: said, not a crash
     assert "skipped cnn: dataset airbnb has no photos" in capsys.readouterr().out
+
+
+def test_categorical_codes_with_missing_values_and_float_reads_are_one_level():
+    spec = get_tabular_spec("houses")
+    # The zipcode column is float because one row is missing: 93446.0 is the level 93446.
+    train = pd.DataFrame({"bedrooms": [3, 4, 2, 3, 5, 3, 4], "bathrooms": [2.0] * 7,
+                          "area": [1500.0, 2000, 900, 1700, 2500, 1600, 1800],
+                          "zipcode": [93446.0] * 6 + [np.nan], "price": [1.0] * 7})
+    fitted = fit_preprocessor(spec, train)
+    names = list(fitted.get_feature_names_out())
+    assert "categorical__zipcode_93446" in names
+    test = pd.DataFrame({"bedrooms": [3, 3], "bathrooms": [2.0, 2.0], "area": [1500.0, 1500.0],
+                         "zipcode": [93446, 10001], "price": [1.0, 1.0]})
+    encoded = fitted.transform(test)
+    assert encoded[0, names.index("categorical__zipcode_93446")] == 1.0
+    assert encoded[1, names.index("categorical__zipcode_93446")] == 0.0  # unseen level

@@ -66,9 +66,23 @@ def drop_target_copies(spec: TabularSpec, copies: dict[str, str], verbose: bool 
                                categorical=keep(spec.categorical))
 
 
+def _category_text(value):
+    if pd.isna(value):
+        return np.nan
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _as_text(values):
-    """Categorical codes as strings (a zipcode read as a number is still a category)."""
-    return np.asarray(values).astype(str)
+    """Categorical codes as an object array of strings, missing values kept as ``nan``.
+
+    A zipcode read as a number is still a category, and ``62234.0`` (a float column because
+    another row is missing) is the same level as ``62234``. The object dtype is what
+    :class:`~sklearn.impute.SimpleImputer` needs to impute the missing ones.
+    """
+    frame = pd.DataFrame(values)
+    return frame.map(_category_text).to_numpy(dtype=object)
 
 
 def build_preprocessor(spec: TabularSpec) -> ColumnTransformer:
