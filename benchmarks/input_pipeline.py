@@ -3,7 +3,7 @@
 Rows (images per second over every image of the folder, batch 32, labels included):
   (a) ImageDataGenerator.flow_from_directory, as the course projects used it
   (b) keras.utils.image_dataset_from_directory
-  (c) cnnlab.data.make_dataset: first epoch (decode + resize + fill the cache), then a cached
+  (c) cnnlab's make_dataset: first epoch (decode + resize + fill the cache), then a cached
       epoch; at 128 px also with dct_scaling=0.85 (JPEG decoded at 1/2 scale, then upsampled)
   (d) the decode-only limit: tf.io.decode_jpeg at full resolution over all cores, no resize;
       and the same while filling a memory cache (what caching itself costs)
@@ -33,8 +33,8 @@ import keras  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cnnlab.data import make_dataset  # noqa: E402
-from cnnlab.datasets import build_manifest  # noqa: E402
+from cnnlab.data.datasets import build_manifest
+from cnnlab.data.pipeline import make_dataset
 
 BATCH = 32
 SIZES = (224, 128)

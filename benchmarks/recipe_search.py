@@ -27,10 +27,11 @@ import keras  # noqa: E402
 from time_to_accuracy import DATASET_OPTIONS, score_test_split  # noqa: E402 (this folder)
 
 from cnnlab.config import project_dirs  # noqa: E402
-from cnnlab.datasets import get_dataset_spec, prepare_dataset  # noqa: E402
-from cnnlab.recipes import get_recipe  # noqa: E402
-from cnnlab.storage import write_json  # noqa: E402
-from cnnlab.train import TrainingData, fine_tune  # noqa: E402
+from cnnlab.data.datasets import get_dataset_spec, prepare_dataset
+from cnnlab.files import write_json
+from cnnlab.training.fine_tuning import fine_tune
+from cnnlab.training.fitting import TrainingData
+from cnnlab.training.recipes import get_recipe
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ one process:
       RandomTranslation(0.05) layers, the backbone frozen and its head trained 8 epochs at
       Adam 1e-3, then every layer but BatchNormalization 12 epochs at Adam 2e-4; validation
       after every epoch; test accuracy of the final model;
-  (b) ``cnnlab.train.fine_tune`` with the default recipe and the ``cpu`` profile's epochs;
+  (b) ``cnnlab.training.fine_tune`` with the default recipe and the ``cpu`` profile's epochs;
       test accuracy with the best validation checkpoint restored (as ``fine_tune`` returns it).
 
 It prints each one's test accuracy with its 95% Wilson interval and wall time, the time (b)
@@ -44,14 +44,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cnnlab.backbones import get_backbone_spec, resolve_weights  # noqa: E402
 from cnnlab.config import get_profile, project_dirs  # noqa: E402
-from cnnlab.data import split_dataset  # noqa: E402
-from cnnlab.datasets import get_dataset_spec, prepare_dataset  # noqa: E402
-from cnnlab.evaluate import wilson_interval  # noqa: E402
-from cnnlab.recipes import RECIPES, get_recipe  # noqa: E402
-from cnnlab.storage import write_json, write_text  # noqa: E402
-from cnnlab.train import TrainingData, fine_tune  # noqa: E402
+from cnnlab.data.datasets import get_dataset_spec, prepare_dataset
+from cnnlab.data.pipeline import split_dataset
+from cnnlab.evaluation.leaderboard import wilson_interval
+from cnnlab.files import write_json, write_text
+from cnnlab.models.backbones import get_backbone_spec, resolve_weights
+from cnnlab.training.fine_tuning import fine_tune
+from cnnlab.training.fitting import TrainingData
+from cnnlab.training.recipes import RECIPES, get_recipe
 
 SEED = 42
 PLAIN = {"head_epochs": 8, "head_lr": 1e-3, "epochs": 12, "lr": 2e-4, "batch_size": 32}

@@ -7,7 +7,7 @@ Throughput rows (images per second of training, ``--weights none``, 224 px, one 
       except BatchNormalization, which stays in inference mode as in ``fine_tune`` (the
       Keras fine-tuning recipe; the course trained BN statistics too)
   (c) cnnlab frozen backbone, end to end on images (head trained, backbone forward only)
-  (d) cnnlab head on cached backbone features (cnnlab.features), plus the one-off extraction
+  (d) cnnlab head on cached backbone features (cached_features), plus the one-off extraction
 with ratios to (a); (b64) repeats (b) at batch 64. ``--mixed-precision mixed_float16``
 repeats (b)-(d) under that policy (on a GPU; on this CPU both mixed_float16 and
 mixed_bfloat16 train slower than float32, and XLA far slower).
@@ -43,13 +43,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cnnlab import features  # noqa: E402
-from cnnlab.backbones import get_backbone_spec, resolve_weights  # noqa: E402
 from cnnlab.config import project_dirs  # noqa: E402
-from cnnlab.datasets import prepare_dataset  # noqa: E402
-from cnnlab.models import build_transfer_model, find_backbone  # noqa: E402
-from cnnlab.storage import write_json  # noqa: E402
-from cnnlab.train import TrainingData, compile_classifier, fine_tune, precision  # noqa: E402
+from cnnlab.data.datasets import prepare_dataset
+from cnnlab.files import write_json
+from cnnlab.models.backbones import get_backbone_spec, resolve_weights
+from cnnlab.models.transfer import build_transfer_model, find_backbone
+from cnnlab.training import cached_features as features  # noqa: E402
+from cnnlab.training.fine_tuning import fine_tune
+from cnnlab.training.fitting import TrainingData, compile_classifier, precision
 
 IMAGE_SIZE = 224
 
@@ -179,7 +180,7 @@ def cnnlab_fine_tune(data: TrainingData, weights_dir: Path, freeze_epochs: int, 
     elapsed = overhead + history["seconds"].cumsum()
     reached = history.index[history["val_accuracy"] >= target]
     test_rows = data.manifest.split("test")
-    from cnnlab.data import make_dataset
+    from cnnlab.data.pipeline import make_dataset
 
     test = make_dataset(test_rows["file"], test_rows["label_index"], data.image_size, 64,
                         cache=False)

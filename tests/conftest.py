@@ -45,7 +45,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
     """The generated sample dataset (small), shared by the tests of a session."""
-    from cnnlab.sample import make_sample_dataset
+    from cnnlab.data.synthetic import make_sample_dataset
 
     return make_sample_dataset(tmp_path_factory.mktemp("sample"), per_class=15, size=48)
 

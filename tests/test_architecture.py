@@ -1,4 +1,4 @@
-"""Tests for cnnlab.architecture (Keras 3 architecture diagrams)."""
+"""Tests for cnnlab.models.architecture (Keras 3 architecture diagrams)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ visualkeras = pytest.importorskip("visualkeras")
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cnnlab import architecture  # noqa: E402
-from cnnlab.architecture import (  # noqa: E402
+from cnnlab.models import architecture  # noqa: E402
+from cnnlab.models.architecture import (  # noqa: E402
     layered_view,
     output_shapes_provided,
     plot_architecture,

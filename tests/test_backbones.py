@@ -2,14 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab import backbones
-from cnnlab.backbones import (
-    BACKBONES,
-    BackbonePreprocessing,
-    build_backbone,
-    fine_tune_boundary,
-    resolve_weights,
-)
+from cnnlab.models import backbones
+from cnnlab.models.backbones import BACKBONES, resolve_weights
+from cnnlab.models.transfer import BackbonePreprocessing, build_backbone, fine_tune_boundary
 
 RAW = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
 
@@ -53,9 +48,7 @@ def test_download_failure_says_how_to_go_offline(monkeypatch):
     def offline(**kwargs):
         raise OSError("URL fetch failure")
 
-    spec = BACKBONES["vgg16"]
-    monkeypatch.setitem(BACKBONES, "vgg16", backbones.BackboneSpec(
-        **{**spec.__dict__, "constructor": offline}))
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
     with pytest.raises(RuntimeError, match="--weights-dir.*--weights none"):
         build_backbone("vgg16", 32, "imagenet")
 

@@ -3,7 +3,7 @@ import pytest
 from conftest import write_image
 from PIL import Image
 
-from cnnlab.data import augmentation_layers, load_image, make_dataset
+from cnnlab.data.pipeline import augmentation_layers, load_image, make_dataset
 
 
 def test_pipeline_decodes_every_mode_to_rgb_uint8(tmp_path):
@@ -54,7 +54,7 @@ def test_load_image_honours_exif_and_modes(tmp_path):
 def test_jpeg_dct_scaling_decodes_smaller_but_close(tmp_path):
     import tensorflow as tf
 
-    from cnnlab.data import decode_resize
+    from cnnlab.data.pipeline import decode_resize
 
     yy, xx = np.mgrid[0:224, 0:224]
     smooth = np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8)
@@ -91,7 +91,7 @@ def test_disk_cache_is_keyed_by_files_and_size(tmp_path):
 def test_static_jpeg_decoder_matches_the_per_file_one(tmp_path, size, dct):
     import tensorflow as tf
 
-    from cnnlab.data import decode_resize, make_decoder
+    from cnnlab.data.pipeline import decode_resize, make_decoder
 
     files = [write_image(tmp_path / f"{i}.jpg", size=(224, 224)) for i in range(2)]
     fixed = make_decoder(size, dct, ["JPEG", "JPEG"], [(224, 224)] * 2)

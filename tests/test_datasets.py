@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from conftest import write_image
 
-from cnnlab import datasets
-from cnnlab.datasets import Manifest, build_manifest, fetch_dataset, image_stats, pick_images
+from cnnlab.data import datasets
+from cnnlab.data.datasets import Manifest, build_manifest, fetch_dataset, image_stats, pick_images
 
 
 def test_stratified_split_is_disjoint_reproducible_and_balanced(sample_root):
@@ -152,7 +152,7 @@ def _write_rpc(root, skus_per_class=4, views=5):
 
 
 def test_rpc_coco_labels_group_split_and_leakage(tmp_path, project):
-    from cnnlab.rpc import read_coco_labels
+    from cnnlab.data.rpc import read_coco_labels
 
     raw = tmp_path / "download" / "retail_product_checkout"
     count = _write_rpc(raw)
@@ -232,7 +232,7 @@ def test_kaggle_download_prints_version_and_counts(monkeypatch, tmp_path, capsys
 def test_a_mistyped_dataset_name_is_not_silently_read_as_a_folder():
     import warnings
 
-    from cnnlab.datasets import get_dataset_spec
+    from cnnlab.data.datasets import get_dataset_spec
 
     with pytest.warns(UserWarning, match="did you mean 'cards'"):
         assert get_dataset_spec("crads").name == "folder"

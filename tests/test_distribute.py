@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from cnnlab import distribute
 from cnnlab.config import get_profile, project_dirs
-from cnnlab.datasets import prepare_dataset
-from cnnlab.train import train_transfer
+from cnnlab.data.datasets import prepare_dataset
+from cnnlab.training import distribute
+from cnnlab.training.fine_tuning import train_transfer
 
 # Frozen ImageNet backbone, live images (no feature cache, so every run trains through the
 # strategy's replicas), 40 images per class of 4 vehicle classes at 64 px.

@@ -7,7 +7,10 @@ import pandas as pd
 import pytest
 
 from cnnlab.config import get_profile
-from cnnlab.evaluate import (
+from cnnlab.deploy.export import load_metadata, load_model, save_model
+from cnnlab.deploy.inference import Classifier, choose_model, demo_images
+from cnnlab.evaluation.interpretation import Interpretation
+from cnnlab.evaluation.leaderboard import (
     ClassMismatchError,
     Predictions,
     bootstrap_interval,
@@ -23,10 +26,7 @@ from cnnlab.evaluate import (
     wilson_interval,
     write_leaderboard,
 )
-from cnnlab.export import load_metadata, load_model, save_model
-from cnnlab.inference import Classifier, choose_model, demo_images
-from cnnlab.interpret import Interpretation
-from cnnlab.train import train_custom
+from cnnlab.training.fitting import train_custom
 
 CLASSES = ["a", "b", "c"]
 TINY = get_profile("smoke", custom_image_size=32, custom_epochs=2, batch_size=8,
@@ -117,7 +117,7 @@ def test_pareto_front_and_its_figure():
 
 @pytest.fixture()
 def saved(sample_root, project):
-    from cnnlab.datasets import build_manifest
+    from cnnlab.data.datasets import build_manifest
 
     manifest = build_manifest(sample_root, "sample")
     result = train_custom("vehicles_cnn_bn", manifest, TINY, project)

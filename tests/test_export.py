@@ -4,9 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab.backbones import BACKBONES
-from cnnlab.export import list_models, load_metadata, load_model, save_model
-from cnnlab.models import CUSTOM_MODELS, build_custom_model, build_transfer_model
+from cnnlab.deploy.export import list_models, load_metadata, load_model, save_model
+from cnnlab.models.backbones import BACKBONES
+from cnnlab.models.custom import CUSTOM_MODELS, build_custom_model
+from cnnlab.models.transfer import build_transfer_model
 
 X = np.random.default_rng(1).uniform(0, 255, (2, 75, 75, 3)).astype("float32")
 
@@ -82,9 +83,10 @@ def test_tflite_export_float_dynamic_and_int8_on_real_images(project, shared_dir
     """Vehicles photos, trained models, the whole test split, through the CLI."""
     from cnnlab.cli import main
     from cnnlab.config import get_profile
-    from cnnlab.datasets import prepare_dataset
-    from cnnlab.export import export_deployment
-    from cnnlab.train import TrainingData, fine_tune, train_custom
+    from cnnlab.data.datasets import prepare_dataset
+    from cnnlab.deploy.export import export_deployment
+    from cnnlab.training.fine_tuning import fine_tune
+    from cnnlab.training.fitting import TrainingData, train_custom
 
     manifest = prepare_dataset("vehicles", shared_dir / "datasets" / "vehicles", project)
     data = TrainingData(manifest, 96, 32, max_train_per_class=40, seed=0)
@@ -118,7 +120,7 @@ def test_tflite_export_float_dynamic_and_int8_on_real_images(project, shared_dir
 
 
 def test_tflite_export_errors(tmp_path):
-    from cnnlab.export import export_tflite, resolve_model_file
+    from cnnlab.deploy.export import export_tflite, resolve_model_file
 
     model = _model("retail_cnn")
     with pytest.raises(ValueError, match="representative images"):

@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab import features
-from cnnlab.datasets import build_manifest
-from cnnlab.models import build_transfer_model
-from cnnlab.train import TrainingData, compile_classifier, find_backbone, fine_tune
+from cnnlab.data.datasets import build_manifest
+from cnnlab.models.transfer import build_transfer_model, find_backbone
+from cnnlab.training import cached_features as features
+from cnnlab.training.fine_tuning import fine_tune
+from cnnlab.training.fitting import TrainingData, compile_classifier
 
 BACKBONE = "mobilenet_v3_small_075"
 

@@ -7,17 +7,18 @@ import pytest
 from matplotlib.figure import Figure
 
 from cnnlab.config import get_profile
-from cnnlab.data import load_image
-from cnnlab.datasets import build_manifest
-from cnnlab.interpret import (
+from cnnlab.data.datasets import build_manifest
+from cnnlab.data.pipeline import load_image
+from cnnlab.evaluation.interpretation import (
     Interpretation,
     feature_map_layers,
     gradcam_heatmaps,
     gradcam_model,
     overlay_heatmap,
 )
-from cnnlab.models import find_backbone
-from cnnlab.train import train_custom, train_transfer
+from cnnlab.models.transfer import find_backbone
+from cnnlab.training.fine_tuning import train_transfer
+from cnnlab.training.fitting import train_custom
 
 # MobileNetV3Small 0.75 at 64 px: a 2x2 final feature map, 8x8 at output stride 8, from the
 # local ImageNet weights in ../shared (1 frozen + 1 fine-tuning epoch: a backbone trained from
@@ -191,7 +192,7 @@ def test_interpretation_figures(trained, nested):
 
 
 def test_gradcam_explains_the_split_class_when_the_model_orders_classes_differently(trained):
-    from cnnlab.evaluate import class_order
+    from cnnlab.evaluation.leaderboard import class_order
 
     test, classes = trained["test"], trained["manifest"].classes
     model = trained["flat"].model

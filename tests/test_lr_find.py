@@ -8,10 +8,11 @@ import pytest
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from cnnlab.datasets import build_manifest
-from cnnlab.lr_find import lr_find, steepest_descent
-from cnnlab.models import build_custom_model, build_transfer_model
-from cnnlab.train import TrainingData
+from cnnlab.data.datasets import build_manifest
+from cnnlab.models.custom import build_custom_model
+from cnnlab.models.transfer import build_transfer_model
+from cnnlab.training.fitting import TrainingData
+from cnnlab.training.lr_finder import lr_find, steepest_descent
 
 
 def test_steepest_descent_finds_the_steepest_fall_before_the_minimum():
@@ -80,7 +81,7 @@ def test_bad_ranges_are_refused():
 
 
 def test_a_flat_sweep_says_it_has_no_clear_descent():
-    from cnnlab.lr_find import LRFinderResult
+    from cnnlab.training.lr_finder import LRFinderResult
 
     rates = np.logspace(-7, 0, 60)
     flat = LRFinderResult(rates, np.full(60, 3.97), np.full(60, 3.97), 3.7e-7, True)

@@ -2,12 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab.models import (
-    CUSTOM_MODELS,
-    build_custom_model,
-    build_transfer_model,
-    find_backbone,
-)
+from cnnlab.models.custom import CUSTOM_MODELS, build_custom_model
+from cnnlab.models.transfer import build_transfer_model, find_backbone
 
 
 def test_retail_cnn_is_the_course_architecture():

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from cnnlab.cli import main
-from cnnlab.pipeline import NOTEBOOKS, run_notebooks
+from cnnlab.notebooks import NOTEBOOKS, run_notebooks
 
 
 def _outputs(path) -> str:
@@ -114,7 +114,7 @@ def test_cli_lists_registries(capsys):
 def test_startup_log_lines_are_stripped_and_other_stderr_kept():
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    from cnnlab.pipeline import strip_startup_logs
+    from cnnlab.notebooks import strip_startup_logs
 
     text = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
             "STDERR\n"

@@ -3,7 +3,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cnnlab import plots
-from cnnlab.datasets import build_manifest
+from cnnlab.data.datasets import build_manifest
 
 
 def test_every_plot_returns_a_figure(sample_root, tmp_path):

@@ -6,18 +6,15 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab.models import build_transfer_model, find_backbone
-from cnnlab.recipes import (
-    RECIPES,
-    FineTuneRecipe,
+from cnnlab.models.transfer import build_transfer_model, find_backbone
+from cnnlab.training.fine_tuning import set_fine_tune_trainable
+from cnnlab.training.optimizers import (
     LayerwiseAdamW,
     SparseCategoricalCrossentropy,
-    get_recipe,
-    group_multipliers,
     layer_groups,
     warmup_cosine,
 )
-from cnnlab.train import set_fine_tune_trainable
+from cnnlab.training.recipes import RECIPES, FineTuneRecipe, get_recipe, group_multipliers
 
 
 def test_group_multipliers_follow_fastai_even_mults():

@@ -1,4 +1,4 @@
-"""Tests for cnnlab.segment: DeepLabV3 TFLite segmentation on real ../shared assets."""
+"""Tests for cnnlab.segmentation: DeepLabV3 TFLite segmentation on real ../shared assets."""
 
 from __future__ import annotations
 
@@ -15,28 +15,25 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cnnlab import segment
-from cnnlab.segment import (
+from cnnlab.segmentation import deeplab as segment
+from cnnlab.segmentation.agreement import (
+    VOC_CLASS_MAPS,
+    agreement_summary,
+    agreement_table,
+    plot_agreement_failures,
+)
+from cnnlab.segmentation.deeplab import (
     DEEPLAB_DIR_ENV,
     DEEPLAB_MODELS,
-    VOC_CLASS_MAPS,
     VOC_CLASSES,
     DeepLabSegmenter,
     Segmenter,
-    agreement_summary,
-    agreement_table,
     class_fractions,
-    colorize_mask,
     deeplab_model_path,
     dominant_class,
-    mean_iou,
-    overlay,
-    per_class_iou,
-    plot_agreement_failures,
-    plot_segmentation,
-    segmentation_confusion,
-    voc_colormap,
 )
+from cnnlab.segmentation.iou import mean_iou, per_class_iou, segmentation_confusion
+from cnnlab.segmentation.overlays import colorize_mask, overlay, plot_segmentation, voc_colormap
 
 CAR = VOC_CLASSES.index("car")
 # The first car photos in sorted order; measured: 7 of 8 have car as dominant class with

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cnnlab.sample import SAMPLE_CLASSES
-from cnnlab.segment import Segmenter, mean_iou
-from cnnlab.segment_train import (
+from cnnlab.data.synthetic import SAMPLE_CLASSES
+from cnnlab.segmentation.deeplab import Segmenter
+from cnnlab.segmentation.iou import mean_iou
+from cnnlab.segmentation.training import (
     KerasSegmenter,
     build_deeplabv3_plus,
     count_classes,

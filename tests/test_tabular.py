@@ -170,7 +170,7 @@ def test_regression_metrics_match_their_definitions_and_cover_the_value():
 def test_every_mixed_model_round_trips_and_fusion_beats_the_median(houses_dir, shared_dir,
                                                                     project):
     from cnnlab.config import get_profile
-    from cnnlab.export import load_model
+    from cnnlab.deploy.export import load_model
     from cnnlab.tabular.models import MIXED_MODELS
     from cnnlab.tabular.training import train_mixed
 

@@ -15,24 +15,21 @@ import pytest
 import tensorflow as tf
 import yaml
 
-import cnnlab.train as train_module
-from cnnlab.backbones import build_backbone, fine_tune_boundary
+import cnnlab.training.fitting as train_module
 from cnnlab.config import PROFILES, get_profile, parse_overrides
-from cnnlab.datasets import build_manifest
-from cnnlab.export import load_model
-from cnnlab.models import build_custom_model, build_transfer_model, find_backbone
-from cnnlab.train import (
-    PreciseBatchNorm,
-    TrainingData,
-    compile_classifier,
-    fine_tune,
-    load_weights,
-    precision,
-    set_fine_tune_trainable,
-    start_run,
-    train_custom,
-    train_transfer,
+from cnnlab.data.datasets import build_manifest
+from cnnlab.deploy.export import load_model
+from cnnlab.models.custom import build_custom_model
+from cnnlab.models.transfer import (
+    build_backbone,
+    build_transfer_model,
+    find_backbone,
+    fine_tune_boundary,
 )
+from cnnlab.training.callbacks import PreciseBatchNorm
+from cnnlab.training.fine_tuning import fine_tune, set_fine_tune_trainable, train_transfer
+from cnnlab.training.fitting import TrainingData, compile_classifier, precision, train_custom
+from cnnlab.training.runs import load_weights, start_run
 
 TINY = get_profile("smoke", image_size=32, custom_image_size=32, max_train_per_class=6,
                    batch_size=8, custom_epochs=2, freeze_epochs=1, fine_tune_epochs=1)
@@ -340,8 +337,8 @@ def test_same_seed_gives_same_split_and_same_initial_weights(sample_root):
 DETERMINISM_SCRIPT = """
 import json, sys
 from cnnlab.config import get_profile, project_dirs
-from cnnlab.datasets import build_manifest
-from cnnlab.train import train_custom
+from cnnlab.data.datasets import build_manifest
+from cnnlab.training.fitting import train_custom
 dirs = project_dirs(sys.argv[2])
 profile = get_profile("smoke", custom_image_size=32, batch_size=8, custom_epochs=2,
                       max_train_per_class=8, deterministic=True)
@@ -367,8 +364,8 @@ def test_op_determinism_gives_the_same_metrics_on_cpu(sample_root, tmp_path):
 
 def test_short_real_fine_tune_beats_its_own_frozen_stage(project, shared_dir):
     """On real photos (vehicles, 6 classes) stage 2 must add to what the frozen head learned."""
-    from cnnlab.data import split_dataset
-    from cnnlab.datasets import prepare_dataset
+    from cnnlab.data.datasets import prepare_dataset
+    from cnnlab.data.pipeline import split_dataset
 
     manifest = prepare_dataset("vehicles", shared_dir / "datasets" / "vehicles", project,
                                classes=["all"])
@@ -392,16 +389,16 @@ def test_short_real_fine_tune_beats_its_own_frozen_stage(project, shared_dir):
 
 def test_a_crash_during_the_model_save_resumes_and_saves_without_retraining(
         sample_root, project, monkeypatch):
-    import cnnlab.export
-    from cnnlab import train
+    import cnnlab.deploy.export
+    import cnnlab.training.fitting as train
 
     manifest = build_manifest(sample_root, "sample")
-    real_save = cnnlab.export.save_model
+    real_save = cnnlab.deploy.export.save_model
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while saving")
 
-    monkeypatch.setattr(cnnlab.export, "save_model", crash)
+    monkeypatch.setattr(cnnlab.deploy.export, "save_model", crash)
     with pytest.raises(KeyboardInterrupt):
         train.train_custom("retail_cnn", manifest, TINY, project)
     run = project.checkpoints / "sample-retail_cnn"
@@ -409,7 +406,7 @@ def test_a_crash_during_the_model_save_resumes_and_saves_without_retraining(
     assert not (project.models / "sample-retail_cnn.keras").exists()
     epochs = len(pd.read_csv(run / "history.csv"))
 
-    monkeypatch.setattr(cnnlab.export, "save_model", real_save)
+    monkeypatch.setattr(cnnlab.deploy.export, "save_model", real_save)
     result = train.train_custom("retail_cnn", manifest, TINY, project)
     assert len(pd.read_csv(run / "history.csv")) == epochs == TINY.custom_epochs  # no retraining
     assert result.run.path == run and json.loads((run / "state.json").read_text())[

@@ -11,9 +11,9 @@ from conftest import write_image
 from PIL import Image
 
 from cnnlab.cli import main
-from cnnlab.data import make_dataset
-from cnnlab.datasets import build_manifest
-from cnnlab.validate import PROBLEMS, safe_extract, validate_folder
+from cnnlab.data.datasets import build_manifest
+from cnnlab.data.pipeline import make_dataset
+from cnnlab.data.validate import PROBLEMS, safe_extract, validate_folder
 
 
 def _jpeg_bytes(seed: int = 0, size=(48, 32)) -> bytes:

@@ -8,11 +8,13 @@ transfer model), ``train`` (fit, fine_tune, run folders), ``evaluate`` (metrics,
 """
 
 import logging
-import os
+
+from cnnlab import startup_logs
 
 # TensorFlow's C++ start-up lines (oneDNN notice, "could not find CUDA" on CPU machines) would
-# fill every notebook output; users can still set their own level before importing cnnlab.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# fill every notebook output and CLI run; users can still set their own level before importing
+# cnnlab.
+startup_logs.install()
 
 
 class _DropKnownNoise(logging.Filter):

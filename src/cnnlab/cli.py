@@ -12,13 +12,15 @@ import argparse
 import logging
 import sys
 
-from cnnlab.backbones import BACKBONES, WEIGHTS_MODES
+# Registries only: plain data, no TensorFlow. Each command imports what it runs, so
+# `cnnlab --help` and `cnnlab list` answer in well under 2 s.
 from cnnlab.config import PROFILES
-from cnnlab.datasets import DATASETS
-from cnnlab.distribute import STRATEGIES
-from cnnlab.models import CUSTOM_MODELS
-from cnnlab.recipes import RECIPES
-from cnnlab.tabular.models import MIXED_MODELS
+from cnnlab.data.datasets import DATASETS
+from cnnlab.models.backbones import BACKBONES, WEIGHTS_MODES
+from cnnlab.models.custom import CUSTOM_MODELS
+from cnnlab.tabular.registry import MIXED_MODELS
+from cnnlab.training.distribute import STRATEGIES
+from cnnlab.training.recipes import RECIPES
 
 
 def _csv(text: str | None):
@@ -30,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="execute notebooks 01-07 in order with papermill")
+    run.set_defaults(func=_run)
     run.add_argument("--dataset", default="sample",
                      help=f"dataset name ({', '.join(DATASETS)}; any name with --data-dir)")
     run.add_argument("--data-dir", help="local copy of the dataset (skips the download)")
@@ -63,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="tf.distribute strategy of notebooks 02/03 (default: the profile's)")
 
     validate = commands.add_parser("validate", help="check every file of a dataset folder")
+    validate.set_defaults(func=_validate)
     validate.add_argument("data_dir", help="class folders, or train/valid/test of class folders")
     validate.add_argument("--fix", action="store_true",
                           help="move excluded files to a quarantine folder (never deletes)")
@@ -71,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--csv", help="also write the findings to this CSV file")
 
     manifest = commands.add_parser("manifest", help="build and save a dataset's split manifest")
+    manifest.set_defaults(func=_manifest)
     manifest.add_argument("--dataset", default="sample")
     manifest.add_argument("--data-dir")
     manifest.add_argument("--seed", type=int, default=42)
@@ -84,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one model (resumable: run it again "
                                 "after an interruption to continue)")
+    train.set_defaults(func=_train)
     train.add_argument("model", help=f"custom CNN ({', '.join(CUSTOM_MODELS)}) or backbone "
                        f"({', '.join(BACKBONES)})")
     train.add_argument("--dataset", default="sample")
@@ -106,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="convert a saved model (TFLite) and compare its "
                                  "test accuracy with the Keras model")
+    export.set_defaults(func=_export)
     export.add_argument("model", help="model file, or name in models/ (e.g. cards-retail_cnn)")
     export.add_argument("--format", default="tflite", choices=("tflite",))
     export.add_argument("--quantize", default="none", choices=("none", "dynamic", "int8"),
@@ -115,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     mixed = commands.add_parser("mixed", help="train one mixed-data regression model (notebook "
                                 "07) with the median and gradient-boosting baselines")
+    mixed.set_defaults(func=_mixed)
     mixed.add_argument("model", choices=list(MIXED_MODELS),
                        help="; ".join(f"{k}: {v[2]}" for k, v in MIXED_MODELS.items()))
     mixed.add_argument("--dataset", default="houses", choices=("houses", "airbnb"))
@@ -128,41 +136,45 @@ def _parser() -> argparse.ArgumentParser:
     mixed.add_argument("--weights-dir", help="folder of <backbone>_imagenet_notop.weights.h5")
     mixed.add_argument("--seed", type=int, default=42)
 
-    commands.add_parser("list", help="print datasets, profiles, backbones, custom models "
-                                          "and fine-tuning recipes")
+    listing = commands.add_parser("list", help="print datasets, profiles, backbones, custom "
+                                  "models, fine-tuning recipes and mixed-data models")
+    listing.set_defaults(func=_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cnnlab`` command; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "list":
-        for title, registry in (("datasets", DATASETS), ("profiles", PROFILES),
-                                ("backbones", BACKBONES), ("custom models", CUSTOM_MODELS),
-                                ("fine-tuning recipes", RECIPES),
-                                ("mixed-data models", MIXED_MODELS)):
-            print(f"{title}: {', '.join(registry)}")
-        return 0
-    if args.command == "validate":
-        return _validate(args)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "export":
-        return _export(args)
-    if args.command == "mixed":
-        return _mixed(args)
-    if args.command == "manifest":
-        from cnnlab.datasets import prepare_dataset
+    return args.func(args)
 
-        rename = dict(pair.split("=", 1) for pair in _csv(args.rename) or [])
-        manifest = prepare_dataset(args.dataset, args.data_dir, seed=args.seed,
-                                   classes=_csv(args.classes), rename=rename or None,
-                                   split=args.split, size=args.size)
-        print(manifest.counts().to_string())
-        print(f"{len(manifest.frame)} images; {len(manifest.excluded)} file(s) left out "
-              f"(see data/{args.dataset}/validation.csv)")
-        return 0
-    from cnnlab.pipeline import NotebookFailed, run_notebooks
+
+def _list(args) -> int:
+    """``cnnlab list``: the registries, read without importing TensorFlow."""
+    for title, registry in (("datasets", DATASETS), ("profiles", PROFILES),
+                            ("backbones", BACKBONES), ("custom models", CUSTOM_MODELS),
+                            ("fine-tuning recipes", RECIPES), ("strategies", STRATEGIES),
+                            ("mixed-data models", MIXED_MODELS)):
+        print(f"{title}: {', '.join(registry)}")
+    return 0
+
+
+def _manifest(args) -> int:
+    """``cnnlab manifest``: builds and saves a dataset's split manifest."""
+    from cnnlab.data.datasets import prepare_dataset
+
+    rename = dict(pair.split("=", 1) for pair in _csv(args.rename) or [])
+    manifest = prepare_dataset(args.dataset, args.data_dir, seed=args.seed,
+                               classes=_csv(args.classes), rename=rename or None,
+                               split=args.split, size=args.size)
+    print(manifest.counts().to_string())
+    print(f"{len(manifest.frame)} images; {len(manifest.excluded)} file(s) left out "
+          f"(see data/{args.dataset}/validation.csv)")
+    return 0
+
+
+def _run(args) -> int:
+    """``cnnlab run``: executes the notebooks in order."""
+    from cnnlab.notebooks import NotebookFailed, run_notebooks
 
     if not args.quiet:  # papermill streams cell outputs through its logger
         handler = logging.StreamHandler(sys.stdout)
@@ -194,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _validate(args) -> int:
     """``cnnlab validate``: prints the report; exit 1 while excluded files remain in place."""
-    from cnnlab.validate import QUARANTINE, validate_folder
+    from cnnlab.data.validate import QUARANTINE, validate_folder
 
     try:
         report = validate_folder(args.data_dir, _csv(args.classes))
@@ -221,10 +233,11 @@ def _train(args) -> int:
     """``cnnlab train``: one model, resumable; the same command continues a killed run."""
     import os
 
-    from cnnlab import distribute
     from cnnlab.config import get_profile, parse_overrides, project_dirs
-    from cnnlab.datasets import load_manifest, prepare_dataset
-    from cnnlab.train import train_custom, train_transfer
+    from cnnlab.data.datasets import load_manifest, prepare_dataset
+    from cnnlab.training import distribute
+    from cnnlab.training.fine_tuning import train_transfer
+    from cnnlab.training.fitting import train_custom
 
     if args.cpu_devices:
         os.environ[distribute.CPU_DEVICES_ENV] = str(args.cpu_devices)
@@ -278,7 +291,7 @@ def _mixed(args) -> int:
 
 def _export(args) -> int:
     """``cnnlab export``: TFLite file beside the model, accuracy vs Keras on the test split."""
-    from cnnlab.export import export_deployment
+    from cnnlab.deploy.export import export_deployment
 
     try:
         path, report = export_deployment(args.model, args.format, args.quantize,

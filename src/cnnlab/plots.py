@@ -15,8 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from cnnlab.data import load_image
-from cnnlab.storage import atomic_path
+from cnnlab.data.pipeline import load_image
+from cnnlab.files import atomic_path
 
 FIGURE_DPI = 80
 
@@ -201,7 +201,7 @@ def plot_lr_find(result) -> Figure:
     """Smoothed training loss against learning rate (log scale) of a ``lr_find`` sweep.
 
     Args:
-        result: A ``lr_find.LRFinderResult``; its steepest-descent suggestion is marked.
+        result: A ``lr_finder.LRFinderResult``; its steepest-descent suggestion is marked.
     """
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     ax.plot(result.learning_rates, result.losses, "-", label="smoothed loss")

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from cnnlab.config import display_path
-from cnnlab.storage import atomic_path
+from cnnlab.files import atomic_path
 
 #: The 22 canonical column names, in the course CSV order.
 COLUMNS: tuple[str, ...] = (

@@ -27,7 +27,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from cnnlab.config import ProjectDirs, display_path, project_dirs
-from cnnlab.storage import atomic_path
+from cnnlab.files import atomic_path
 
 __all__ = ["ROOMS", "TabularSpec", "TABULAR_DATASETS", "get_tabular_spec", "read_houses",
            "fetch_houses", "course_csv_dir", "split_rows", "load_split", "TabularData"]

@@ -26,7 +26,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from cnnlab.backbones import BackbonePreprocessing, build_backbone, get_backbone_spec
+from cnnlab.models.backbones import get_backbone_spec
+from cnnlab.models.transfer import BackbonePreprocessing, build_backbone
+from cnnlab.tabular.registry import MIXED_MODELS, uses_photos, uses_tabular
 
 __all__ = ["MIXED_MODELS", "uses_tabular", "uses_photos", "tabular_branch", "image_encoder",
            "cnn_encoder", "image_branch", "photo_cnn", "feature_inputs", "build_head",
@@ -54,7 +56,7 @@ def image_encoder(backbone: str, image_size: int, weights="none") -> keras.Model
     """A frozen pretrained backbone with its preprocessing and global average pooling.
 
     Args:
-        backbone: Backbone registry key (``cnnlab.backbones.BACKBONES``).
+        backbone: Backbone registry key (``cnnlab.models.backbones.BACKBONES``).
         image_size: Photo side in pixels.
         weights: What the backbone starts from (``backbones.resolve_weights``).
 
@@ -243,22 +245,4 @@ def photo_cnn(rooms: tuple[str, ...], image_size: int) -> keras.Model:
     branch = image_branch(rooms, encoder.outputs[0].shape[-1])
     return keras.Model(inputs, _output(branch(vectors)), name="cnn")
 
-
-# name -> (uses the tabular columns, uses the photos, description)
-MIXED_MODELS: dict[str, tuple[bool, bool, str]] = {
-    "mlp": (True, False, "MLP on the tabular columns"),
-    "cnn": (False, True, "CNN from scratch on the four photos"),
-    "transfer": (False, True, "frozen ImageNet backbone over the four photos + dense head"),
-    "fusion": (True, True, "late fusion of tabular MLP and transfer branches, trained jointly"),
-    "frozen_fusion": (True, True, "the saved mlp and transfer models' branches, frozen, "
-                                  "+ a new dense head"),
-}
-
-
-def uses_tabular(name: str) -> bool:
-    return MIXED_MODELS[name][0]
-
-
-def uses_photos(name: str) -> bool:
-    return MIXED_MODELS[name][1]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.config import ProjectDirs, display_path, project_dirs
-from cnnlab.data import cache_key, load_image
-from cnnlab.storage import atomic_path
+from cnnlab.data.pipeline import cache_key, load_image
+from cnnlab.files import atomic_path
 from cnnlab.tabular.columns import TabularData
 
 __all__ = ["load_photos", "encode_photos"]

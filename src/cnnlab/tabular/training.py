@@ -27,10 +27,10 @@ from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import make_pipeline
 
-from cnnlab.backbones import resolve_weights
 from cnnlab.config import Profile, ProjectDirs, display_path, get_profile, project_dirs
-from cnnlab.export import load_model, save_model
-from cnnlab.storage import atomic_path
+from cnnlab.deploy.export import load_model, save_model
+from cnnlab.files import atomic_path
+from cnnlab.models.backbones import resolve_weights
 from cnnlab.tabular import models as mixed
 from cnnlab.tabular.columns import SPLITS, TabularData, TabularSpec, load_split
 from cnnlab.tabular.metrics import metrics_table, regression_metrics
@@ -42,7 +42,8 @@ from cnnlab.tabular.preprocessing import (
     find_target_copies,
     fit_preprocessor,
 )
-from cnnlab.train import EpochTimer, RunFolder
+from cnnlab.training.callbacks import EpochTimer
+from cnnlab.training.runs import RunFolder
 
 __all__ = ["BASELINES", "MixedRun", "train_mixed", "fit_regressor", "ROUND_TRIP_TOLERANCE"]
 

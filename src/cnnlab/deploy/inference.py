@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cnnlab.data import load_image
-from cnnlab.export import load_metadata, load_model
+from cnnlab.data.pipeline import load_image
+from cnnlab.deploy.export import load_metadata, load_model
 
 
 @dataclass

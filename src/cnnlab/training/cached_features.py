@@ -1,6 +1,6 @@
 """Cached backbone features: the frozen stage of fine-tuning without running the backbone.
 
-While the backbone is frozen (stage 1 of :func:`cnnlab.train.fine_tune`), its output for an
+While the backbone is frozen (stage 1 of :func:`~cnnlab.training.fine_tune`), its output for an
 image never changes, so the pooled features are computed once, written to disk and the head
 is trained on them: the same head layers (shared with the full model, so the trained head is
 already in place), the same loss and optimiser, but each epoch costs a matrix product instead
@@ -14,7 +14,7 @@ size, weights file or split never reads stale features. Files are written to a t
 and renamed.
 
 Features come from un-augmented images: augmentation needs live images, so a stage trained on
-cached features runs without it (:func:`cnnlab.train.fine_tune` says so when it uses the cache).
+cached features runs without it (:func:`~cnnlab.training.fine_tune` says so when it uses the cache).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pandas as pd
 import tensorflow as tf
 
 from cnnlab.config import display_path
-from cnnlab.storage import atomic_path, write_json
+from cnnlab.files import atomic_path, write_json
 
 POOL_LAYER = "pool"
 
@@ -149,7 +149,7 @@ class FeatureCache:
             if len(features) == len(rows) and np.array_equal(cached_labels, labels):
                 print(f"{split}: {len(rows)} feature vectors read from {display_path(path)}")
                 return features, labels
-        from cnnlab.data import make_dataset
+        from cnnlab.data.pipeline import make_dataset
 
         images = make_dataset(rows["file"], labels, self.image_size, batch_size, cache=False)
         start = time.perf_counter()

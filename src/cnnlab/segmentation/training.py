@@ -7,7 +7,7 @@ branches at dilation 6, 12 and 18, and image-level pooling), are upsampled 4x, j
 stride-4 low-level features reduced to 48 channels, refined by two 3x3 convolutions and
 upsampled 4x to the input size. The layout follows the keras-io example "Multiclass semantic
 segmentation using DeepLabV3+" (Soumik Rakshit, https://keras.io/examples/vision/deeplabv3_plus/),
-on any ``keras.applications`` backbone of ``cnnlab.backbones`` (the stride-4 and stride-16
+on any ``keras.applications`` backbone of ``cnnlab.models`` (the stride-4 and stride-16
 layers are found by their output size) instead of its fixed ResNet50 layer names.
 
 Masks are ``(H, W)`` images whose pixel values are class indices (0 = background), stored
@@ -32,15 +32,10 @@ from keras import layers
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cnnlab.backbones import (
-    BackbonePreprocessing,
-    WeightsChoice,
-    build_backbone,
-    get_backbone_spec,
-    resolve_weights,
-)
-from cnnlab.models import SCRATCH_BN_MOMENTUM
-from cnnlab.segment import Segmenter, per_class_iou
+from cnnlab.models.backbones import WeightsChoice, get_backbone_spec, resolve_weights
+from cnnlab.models.transfer import SCRATCH_BN_MOMENTUM, BackbonePreprocessing, build_backbone
+from cnnlab.segmentation.deeplab import Segmenter
+from cnnlab.segmentation.iou import per_class_iou
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -89,9 +84,6 @@ def get_segment_train_settings(profile: str) -> SegmentTrainSettings:
         raise KeyError(f"no segmentation settings for profile {profile!r}; choose one of "
                        f"{sorted(SEGMENT_TRAIN_SETTINGS)}")
     return SEGMENT_TRAIN_SETTINGS[profile]
-
-
-# --------------------------------------------------------------------------- data
 
 
 def find_mask_pairs(root: str | os.PathLike, images: str = "images", masks: str = "masks"
@@ -221,9 +213,6 @@ def mask_dataset(pairs: pd.DataFrame, image_size: int, batch_size: int = 16,
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
-# --------------------------------------------------------------------------- model
-
-
 def stride_layers(backbone: keras.Model, strides: tuple[int, ...] = (4, 16)) -> list[str]:
     """For each output stride, the name of the backbone's last layer at that stride.
 
@@ -284,7 +273,7 @@ def build_deeplabv3_plus(
     weights_dir: str | os.PathLike | None = None,
     filters: int = 256,
 ) -> keras.Model:
-    """DeepLabV3+ with a ``cnnlab.backbones`` backbone (Chen et al. 2018).
+    """DeepLabV3+ with a ``cnnlab.models`` backbone (Chen et al. 2018).
 
     A pretrained backbone keeps its BatchNormalization layers frozen and in inference mode, so
     their statistics stay as loaded while the other weights are fine-tuned (the Keras
@@ -343,9 +332,6 @@ def build_deeplabv3_plus(
     return keras.Model(inputs, outputs, name=f"deeplabv3plus_{backbone}")
 
 
-# --------------------------------------------------------------------------- segmenter
-
-
 class KerasSegmenter(Segmenter):
     """A Keras segmentation model (logits per pixel) behind the :class:`Segmenter` interface.
 
@@ -380,9 +366,6 @@ class KerasSegmenter(Segmenter):
             (im.shape[1], im.shape[0]), Image.NEAREST)) for lab, im in zip(labels, images)]
 
 
-# --------------------------------------------------------------------------- training
-
-
 @dataclass
 class SegmentationRun:
     """What one DeepLabV3+ fine-tuning run produced.
@@ -408,12 +391,12 @@ class SegmentationRun:
     weights: str
 
     def segmenter(self) -> KerasSegmenter:
-        """The trained model behind the :class:`~cnnlab.segment.Segmenter` interface."""
+        """The trained model behind the :class:`~cnnlab.segmentation.Segmenter` interface."""
         return KerasSegmenter(self.model, self.class_names)
 
     def per_class_iou(self) -> pd.DataFrame:
         """IoU per class on the validation pairs at their original mask size."""
-        from cnnlab.segment import read_image
+        from cnnlab.segmentation.agreement import read_image
 
         images = [read_image(f) for f in self.val["image"]]
         truth = [read_mask(f) for f in self.val["mask"]]
@@ -457,7 +440,7 @@ def train_segmenter(
     Raises:
         ValueError: If a mask holds a class index without a name.
     """
-    from cnnlab.train import start_run
+    from cnnlab.training.runs import start_run
 
     class_names = tuple(class_names)
     found = count_classes(pairs)

@@ -33,13 +33,11 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from cnnlab.config import display_path
-from cnnlab.data import load_image, split_dataset
-from cnnlab.evaluate import Predictions, class_order, predict_dataset
-from cnnlab.export import load_metadata, load_model
+from cnnlab.data.pipeline import load_image, split_dataset
+from cnnlab.deploy.export import load_metadata, load_model
+from cnnlab.evaluation.leaderboard import Predictions, class_order, predict_dataset
+from cnnlab.files import atomic_path
 from cnnlab.plots import plot_confusion_matrix, plot_predictions
-from cnnlab.storage import atomic_path
-
-# --------------------------------------------------------------------------- Grad-CAM
 
 
 def _chain_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -209,9 +207,6 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45)
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
-# --------------------------------------------------------------------------- Interpretation
-
-
 @dataclass
 class Interpretation:
     """A model's predictions over a whole split, and the figures that explain them.
@@ -223,7 +218,7 @@ class Interpretation:
             class order).
         name: Model name for titles.
         column_order: The model's output column of each of the split's classes
-            (``evaluate.class_order``), or None when the two orders are the same. Grad-CAM
+            (``leaderboard.class_order``), or None when the two orders are the same. Grad-CAM
             maps split classes through it before asking the model for a logit.
     """
 
@@ -247,7 +242,7 @@ class Interpretation:
             batch_size: Images per prediction batch.
             name: Model name for titles (default: the sidecar's or the model's).
             column_order: The model's output columns in ``class_names`` order
-                (``evaluate.class_order``); for a path it comes from the sidecar.
+                (``leaderboard.class_order``); for a path it comes from the sidecar.
 
         Raises:
             ValueError: If ``class_names`` is missing for an in-memory model, or the split

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from cnnlab.models import find_backbone
+from cnnlab.models.transfer import find_backbone
 
 
 @dataclass
@@ -133,7 +133,7 @@ def steepest_descent(learning_rates: np.ndarray, losses: np.ndarray, skip_start:
 
 
 def _uses_feature_cache(model: keras.Model, data) -> bool:
-    from cnnlab.train import TrainingData
+    from cnnlab.training.fitting import TrainingData
 
     if not isinstance(data, TrainingData):
         return False
@@ -157,8 +157,8 @@ def lr_find(
 
     Args:
         model: The model to train next (compiled or not; it is compiled here with Adam and
-            sparse categorical cross-entropy, as ``train.compile_classifier`` does).
-        data: A ``train.TrainingData`` (its training split, un-augmented) or a
+            sparse categorical cross-entropy, as ``training.compile_classifier`` does).
+        data: A ``training.TrainingData`` (its training split, un-augmented) or a
             ``tf.data.Dataset`` of ``(images, labels)`` batches.
         start_lr: First rate.
         end_lr: Last rate.
@@ -167,8 +167,8 @@ def lr_find(
         beta: Smoothing of the loss's moving average.
         divergence: Stop once the smoothed loss exceeds this multiple of its minimum.
         cache_features: For a transfer model with a frozen backbone and ``TrainingData``,
-            sweep the head on the cached backbone features (``cnnlab.features``), which
-            ``train.fine_tune`` reuses for stage 1: same head, same loss, no backbone passes.
+            sweep the head on the cached backbone features (``training.cached_features``), which
+            ``training.fine_tune`` reuses for stage 1: same head, same loss, no backbone passes.
         dirs: Project folders (for the feature cache; default ``config.project_dirs()``).
 
     Returns:
@@ -178,7 +178,7 @@ def lr_find(
     Raises:
         ValueError: If ``start_lr >= end_lr`` or ``num_steps < 3``.
     """
-    from cnnlab.train import compile_classifier
+    from cnnlab.training.fitting import compile_classifier
 
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
@@ -186,8 +186,8 @@ def lr_find(
         raise ValueError(f"num_steps must be at least 3, got {num_steps}")
     on_features = cache_features and _uses_feature_cache(model, data)
     if on_features:
-        from cnnlab import features
         from cnnlab.config import project_dirs
+        from cnnlab.training import cached_features as features
 
         dirs = dirs or project_dirs()
         cache = features.feature_cache(model, data.dataset, data.image_size, dirs.data)
@@ -213,4 +213,3 @@ def lr_find(
     suggestion = steepest_descent(rates[:recorded], losses)
     return LRFinderResult(rates[:recorded], losses, np.asarray(sweep.raw), suggestion,
                           sweep.diverged, on_features)
-

@@ -8,7 +8,7 @@ single-product training photos in ``train2019/`` with labels only in the COCO fi
 ``categories`` (``id``, ``name`` such as ``"1_puffed_food"`` = one of 200 products (SKUs),
 ``supercategory`` such as ``"puffed_food"`` = one of 17 classes). Each product is photographed
 from many angles, so the views of one SKU are near-duplicates: the prepared tree puts them in
-one folder per SKU (``<class>/<sku>/<file>``), which :func:`cnnlab.datasets.build_manifest`
+one folder per SKU (``<class>/<sku>/<file>``), which :func:`cnnlab.data.datasets.build_manifest`
 treats as a group that never straddles train, validation and test.
 
 The originals are 1,800-pixel JPEGs; :func:`prepare_rpc` decodes each once (Pillow, through
@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from cnnlab.config import display_path
-from cnnlab.storage import atomic_path, write_text
+from cnnlab.files import atomic_path, write_text
 
 ANNOTATIONS = "instances_train2019.json"
 IMAGES = "train2019"

@@ -35,17 +35,14 @@ from sklearn.metrics import (
 )
 
 from cnnlab.config import display_path
-from cnnlab.export import list_models, load_metadata, load_model
+from cnnlab.deploy.export import list_models, load_metadata, load_model
 
 if TYPE_CHECKING:
-    from cnnlab.interpret import Interpretation
+    from cnnlab.evaluation.interpretation import Interpretation
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 1000
 LATENCY_BATCH_SIZES = (1, 32)
-
-
-# --------------------------------------------------------------------------- intervals
 
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE
@@ -125,9 +122,6 @@ def bootstrap_interval(
                              n_resamples=n_resamples, confidence_level=confidence,
                              method="percentile", rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-# --------------------------------------------------------------------------- predictions
 
 
 @dataclass
@@ -265,9 +259,6 @@ def predict_dataset(model: keras.Model, dataset: tf.data.Dataset,
     return Predictions(np.concatenate(labels), probs, list(class_names))
 
 
-# --------------------------------------------------------------------------- latency
-
-
 def time_calls(call: Callable[[], object], warmup: int = 3, repeats: int = 15) -> np.ndarray:
     """Wall-clock seconds of ``repeats`` calls of ``call``, after ``warmup`` untimed calls.
 
@@ -349,9 +340,6 @@ def machine_description() -> str:
     return f"CPU: {name}, {os.cpu_count()} cores"
 
 
-# --------------------------------------------------------------------------- leaderboard
-
-
 def saved_models(models_dir: str | os.PathLike, dataset: str) -> list[Path]:
     """The ``.keras`` models of ``dataset`` in ``models/`` (files named ``<dataset>-*.keras``)."""
     return list_models(models_dir, prefix=f"{dataset}-")
@@ -362,7 +350,7 @@ def training_record(meta: dict, checkpoints_dir: str | os.PathLike | None = None
 
     Args:
         meta: The model's JSON sidecar (``export.load_metadata``): ``run_folder`` names
-            ``checkpoints/<run>/``; ``train_seconds`` is the wall-clock time ``train.py``
+            ``checkpoints/<run>/``; ``train_seconds`` is the wall-clock time ``training``
             measured around the run in the process that saved the model.
         checkpoints_dir: The ``checkpoints/`` folder; None skips the run folder.
 
@@ -487,7 +475,7 @@ def evaluate_models(
         FileNotFoundError: If ``paths`` is empty (train models in notebooks 02/03 first).
         ClassMismatchError: If every model was trained on other classes.
     """
-    from cnnlab.interpret import Interpretation
+    from cnnlab.evaluation.interpretation import Interpretation
 
     paths = list(paths)
     if not paths:
@@ -605,7 +593,7 @@ def write_leaderboard(board: pd.DataFrame, stem: str | os.PathLike) -> tuple[Pat
     Returns:
         ``(csv path, md path)``.
     """
-    from cnnlab.storage import atomic_path, write_text
+    from cnnlab.files import atomic_path, write_text
 
     stem = Path(stem)
     with atomic_path(stem.with_suffix(".csv")) as tmp:

@@ -8,14 +8,14 @@ error and the path of the executed copy that shows where it failed.
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from cnnlab.config import ProjectDirs, display_path, project_dirs
-from cnnlab.storage import atomic_path
+from cnnlab.files import atomic_path
+from cnnlab.startup_logs import keep_line
 
 NOTEBOOKS = (
     "01_download_eda.ipynb",
@@ -32,21 +32,6 @@ NOTEBOOKS = (
 PATH_VARIABLES = ("CNNLAB_DEEPLAB_DIR", "CNNLAB_WEIGHTS_DIR", "CNNLAB_ROOT",
                   "CNNLAB_HOUSES_DIR", "CNNLAB_AIRBNB_DIR")
 
-# TensorFlow's C++ start-up lines, written to the kernel's stderr before any Python runs (no
-# environment variable silences them in TensorFlow 2.20+: TF_CPP_MIN_LOG_LEVEL does not reach
-# the pre-absl messages). They say nothing about the notebook and are removed from its
-# outputs; any other stderr line is kept.
-STARTUP_LOG_LINES = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
-    r"STDERR"
-    r"|[IWE]\d{4} [\d:. ]+\d+ (cudart_stub|cuda_dnn|cuda_fft|cuda_blas|cpu_feature_guard|"
-    r"port)\.cc:\d+\] .*"
-    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate "
-    r"compiler flags\."
-    r"|.*oneDNN custom operations are on\..*"
-    r"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\..*)$")
-
-
 class NotebookFailed(RuntimeError):
     """A notebook raised; the message names it and the executed copy to open."""
 
@@ -62,8 +47,7 @@ def _relative_to_notebooks(value, notebooks_dir: Path):
 
 
 def strip_startup_logs(notebook) -> int:
-    """Removes TensorFlow's start-up lines (:data:`STARTUP_LOG_LINES`) from stream outputs.
-
+    """Removes TensorFlow's start-up lines (``startup_logs.STARTUP_LOG_LINES``) from outputs.
     Args:
         notebook: An ``nbformat`` notebook, changed in place; outputs left empty are dropped.
 
@@ -76,7 +60,7 @@ def strip_startup_logs(notebook) -> int:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
                 lines = output["text"].splitlines(keepends=True)
-                clean = [line for line in lines if not STARTUP_LOG_LINES.match(line.rstrip())]
+                clean = [line for line in lines if keep_line(line)]
                 removed += len(lines) - len(clean)
                 output["text"] = "".join(clean)
                 if not output["text"]:

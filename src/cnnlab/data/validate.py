@@ -31,7 +31,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.config import display_path
-from cnnlab.storage import atomic_path
+from cnnlab.files import atomic_path
 
 # Formats tf.io.decode_image reads (Pillow's names; MPO is the multi-picture JPEG of cameras).
 TF_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP"})

@@ -21,12 +21,16 @@ steps, each seeing ``replicas`` times the images.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 
 CPU_DEVICES_ENV = "CNNLAB_CPU_DEVICES"
 _CREATED: dict[str, tf.distribute.Strategy] = {}
@@ -47,6 +51,7 @@ def split_cpu(count: int) -> list[str]:
         RuntimeError: If TensorFlow has already initialised its devices with another count;
             run in a fresh process (or set ``$CNNLAB_CPU_DEVICES`` before starting Python).
     """
+    import tensorflow as tf
     if count < 1:
         raise ValueError(f"cpu device count must be at least 1, got {count}")
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -69,6 +74,7 @@ def tpu_resolver():
     Looks for the environment Colab and Cloud TPUs set (``COLAB_TPU_ADDR``, ``TPU_NAME``) or
     a TPU VM's local accelerator device (``/dev/accel0``, ``tpu="local"``).
     """
+    import tensorflow as tf
     try:
         if os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME"):
             return tf.distribute.cluster_resolver.TPUClusterResolver()
@@ -86,39 +92,51 @@ def choose_strategy(has_tpu: bool, gpus: int) -> str:
     return "mirrored" if gpus > 1 else "default"
 
 
-class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """``MultiWorkerMirroredStrategy`` whose ``reduce`` accepts what Keras 3's ``fit`` passes.
+@functools.cache
+def _multiworker_strategy_class() -> type:
+    """The ``MultiWorkerMirroredStrategy`` subclass below (built on first use: TensorFlow is
+    imported only by the commands that need it)."""
+    import tensorflow as tf
 
-    Keras 3 (3.8-3.15) reduces a nested ``(x, y)`` batch in one ``reduce`` call before
-    building the model, and per-replica scalar metrics with ``axis=0``; the collective strategy
-    handles neither ("Attempt to convert a value (PerReplica...)", keras-team/keras#20585;
-    "Invalid reduction dimension 0 for input with 0 dimensions"). This reduces leaf by leaf
-    and drops the axis of scalars, which is what both calls mean. A leaf of a dtype that
-    collectives cannot add (uint8 images) is a data batch that Keras only needs for its
-    shape and dtype: this worker's own batch is returned for it.
-    """
+    class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        """``MultiWorkerMirroredStrategy`` whose ``reduce`` accepts what Keras 3's ``fit`` passes.
 
-    _REDUCIBLE = (tf.bfloat16, tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
+        Keras 3 (3.8-3.15) reduces a nested ``(x, y)`` batch in one ``reduce`` call before
+        building the model, and per-replica scalar metrics with ``axis=0``; the collective strategy
+        handles neither ("Attempt to convert a value (PerReplica...)", keras-team/keras#20585;
+        "Invalid reduction dimension 0 for input with 0 dimensions"). This reduces leaf by leaf
+        and drops the axis of scalars, which is what both calls mean. A leaf of a dtype that
+        collectives cannot add (uint8 images) is a data batch that Keras only needs for its
+        shape and dtype: this worker's own batch is returned for it.
+        """
 
-    def reduce(self, reduce_op, value, axis):
-        def one(leaf):
-            if isinstance(leaf, tf.distribute.DistributedValues):
-                local = self.experimental_local_results(leaf)[0]
-            else:
-                local = tf.convert_to_tensor(leaf)
-            if local.dtype not in self._REDUCIBLE:
-                return local
-            return super(_MultiWorkerMirroredStrategy, self).reduce(
-                reduce_op, leaf, axis if local.shape.rank else None)
+        _REDUCIBLE = (tf.bfloat16, tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
 
-        return tf.nest.map_structure(one, value)
+        def reduce(self, reduce_op, value, axis):
+            def one(leaf):
+                if isinstance(leaf, tf.distribute.DistributedValues):
+                    local = self.experimental_local_results(leaf)[0]
+                else:
+                    local = tf.convert_to_tensor(leaf)
+                if local.dtype not in self._REDUCIBLE:
+                    return local
+                return super(_MultiWorkerMirroredStrategy, self).reduce(
+                    reduce_op, leaf, axis if local.shape.rank else None)
+
+            return tf.nest.map_structure(one, value)
+
+    return _MultiWorkerMirroredStrategy
 
 
 def _default() -> tf.distribute.Strategy:
+    import tensorflow as tf
+
     return tf.distribute.get_strategy()
 
 
 def _mirrored() -> tf.distribute.Strategy:
+    import tensorflow as tf
+
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return tf.distribute.MirroredStrategy()
@@ -139,10 +157,12 @@ def _multiworker() -> tf.distribute.Strategy:
         json.loads(config)
     except json.JSONDecodeError as error:
         raise RuntimeError(f"TF_CONFIG is not valid JSON ({error}): {config!r}") from error
-    return _MultiWorkerMirroredStrategy()
+    return _multiworker_strategy_class()()
 
 
 def _tpu() -> tf.distribute.Strategy:
+    import tensorflow as tf
+
     resolver = tpu_resolver()
     if resolver is None:
         raise RuntimeError("--strategy tpu: no TPU found (on Colab choose Runtime > Change "
@@ -153,6 +173,8 @@ def _tpu() -> tf.distribute.Strategy:
 
 
 def _auto() -> tf.distribute.Strategy:
+    import tensorflow as tf
+
     name = choose_strategy(tpu_resolver() is not None,
                            len(tf.config.list_physical_devices("GPU")))
     return STRATEGIES[name]()
@@ -183,6 +205,7 @@ def make_strategy(name: str | tf.distribute.Strategy | None = "auto",
         KeyError: On an unknown name; the message lists the registry.
         RuntimeError: If the chosen hardware or ``TF_CONFIG`` is missing.
     """
+    import tensorflow as tf
     if isinstance(name, tf.distribute.Strategy):
         return name
     name = name or "default"
@@ -218,6 +241,7 @@ def scale_for_replicas(batch_size: int, learning_rate: float, replicas: int
 
 def _cluster(strategy: tf.distribute.Strategy | None):
     """The multi-worker cluster resolver of a strategy, or None on a single worker."""
+    import tensorflow as tf
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return None
     resolver = strategy.cluster_resolver
@@ -253,6 +277,7 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     The pipelines start from in-memory file lists, not file-reading datasets, so sharding
     by file (the ``AUTO`` policy's first choice) does not apply; ``DATA`` says so up front.
     """
+    import tensorflow as tf
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)

@@ -61,9 +61,9 @@ _LAYERED_DEFAULTS: dict[str, Any] = {
 }
 
 
-# --------------------------------------------------------------------------------------------- #
 # Output shapes                                                                                  #
-# --------------------------------------------------------------------------------------------- #
+
+
 def _layers_and_graph(model: Any) -> tuple[list[Any], set[int] | None]:
     """The model's layers and the ids of its graph nodes; ValueError if it has no layers."""
     layers = getattr(model, "layers", None)
@@ -171,9 +171,9 @@ def output_shapes_provided(model: Any) -> Iterator[dict[str, Any]]:
             layer.__dict__.pop(_ATTR, None)
 
 
-# --------------------------------------------------------------------------------------------- #
 # Layered view                                                                                   #
-# --------------------------------------------------------------------------------------------- #
+
+
 def _import_visualkeras() -> Any:
     try:
         return importlib.import_module("visualkeras")
@@ -226,9 +226,9 @@ def layered_view(model: Any, **kwargs: Any) -> Image.Image:
     return image
 
 
-# --------------------------------------------------------------------------------------------- #
 # Summary table                                                                                  #
-# --------------------------------------------------------------------------------------------- #
+
+
 def _format_shape(shape: Any) -> str:
     if shape is None:
         return "?"
@@ -326,9 +326,9 @@ def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-# --------------------------------------------------------------------------------------------- #
 # Figures                                                                                        #
-# --------------------------------------------------------------------------------------------- #
+
+
 def _image_figure(
     image: Image.Image, dpi: int, title: str, max_w: float = 12.0, max_h: float = 8.0
 ) -> Figure:

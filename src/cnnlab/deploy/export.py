@@ -34,8 +34,8 @@ import keras
 import numpy as np
 from keras import ops
 
-import cnnlab.backbones  # noqa: F401  (registers BackbonePreprocessing for deserialisation)
-from cnnlab.storage import atomic_path, keep_previous, read_json
+import cnnlab.models.backbones  # noqa: F401  (registers BackbonePreprocessing for deserialisation)
+from cnnlab.files import atomic_path, keep_previous, read_json
 
 
 class _ScalarOperandMixin:
@@ -167,8 +167,6 @@ def list_models(models_dir: str | os.PathLike, prefix: str = "", suffix: str = "
     return sorted(p for p in Path(models_dir).glob(f"{prefix}*{suffix}") if p.is_file()
                   and not p.name.startswith("."))
 
-
-# --------------------------------------------------------------------------- TFLite
 
 TFLITE_QUANTIZATIONS = ("none", "dynamic", "int8")
 CALIBRATION_IMAGES = 200
@@ -336,7 +334,7 @@ def split_images(manifest, split: str, image_size: int, limit: int | None = None
     Returns:
         ``(images, labels)``: ``(n, size, size, 3)`` float32 in ``[0, 255]`` and ``(n,)``.
     """
-    from cnnlab.data import make_dataset
+    from cnnlab.data.pipeline import make_dataset
 
     rows = manifest.split(split)
     if limit is not None and limit < len(rows):
@@ -386,7 +384,7 @@ def export_deployment(model: str | os.PathLike, format: str = "tflite", quantize
         FileNotFoundError: If the model or its dataset's manifest is missing.
     """
     from cnnlab.config import project_dirs
-    from cnnlab.datasets import load_manifest
+    from cnnlab.data.datasets import load_manifest
 
     if format != "tflite":
         raise ValueError(f"unknown export format {format!r}; supported: tflite")

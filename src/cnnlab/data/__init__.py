@@ -1,0 +1,68 @@
+"""Data: dataset registry and download, manifests and splits, file validation, image decoding,
+tf.data pipelines, the RPC converter and the generated sample.
+
+Every public name of the subpackage's modules is readable here too, imported on first
+use (see ``cnnlab._exports``).
+"""
+
+from cnnlab._exports import lazy_exports
+
+_EXPORTS = {
+    "DatasetSpec": "datasets",
+    "DATASETS": "datasets",
+    "get_dataset_spec": "datasets",
+    "fetch_dataset": "datasets",
+    "kaggle_download": "datasets",
+    "Manifest": "datasets",
+    "SPLIT_RULES": "datasets",
+    "balanced_class_weights": "datasets",
+    "build_manifest": "datasets",
+    "PREPARERS": "datasets",
+    "prepare_dataset": "datasets",
+    "load_manifest": "datasets",
+    "image_stats": "datasets",
+    "pick_images": "datasets",
+    "IMAGE_SUFFIXES": "datasets",
+    "SPLITS": "datasets",
+    "SPLIT_ALIASES": "datasets",
+    "AUTOTUNE": "pipeline",
+    "MEMORY_CACHE_LIMIT_BYTES": "pipeline",
+    "DCT_RATIOS": "pipeline",
+    "resize_uint8": "pipeline",
+    "decode_resize": "pipeline",
+    "jpeg_scale": "pipeline",
+    "make_decoder": "pipeline",
+    "augmentation_layers": "pipeline",
+    "cache_key": "pipeline",
+    "make_dataset": "pipeline",
+    "measure_throughput": "pipeline",
+    "split_dataset": "pipeline",
+    "load_image": "pipeline",
+    "ANNOTATIONS": "rpc",
+    "IMAGES": "rpc",
+    "BOX_MARGIN": "rpc",
+    "display_name": "rpc",
+    "read_coco_labels": "rpc",
+    "find_rpc_files": "rpc",
+    "square_crop": "rpc",
+    "prepare_rpc": "rpc",
+    "SAMPLE_CLASSES": "synthetic",
+    "render_sample": "synthetic",
+    "make_sample_dataset": "synthetic",
+    "TF_FORMATS": "validate",
+    "QUARANTINE": "validate",
+    "EXIF_ORIENTATION": "validate",
+    "Problem": "validate",
+    "PROBLEMS": "validate",
+    "class_folders": "validate",
+    "sha256_bytes": "validate",
+    "inspect_file": "validate",
+    "needs_copy": "validate",
+    "ValidationReport": "validate",
+    "summarize": "validate",
+    "validate_folder": "validate",
+    "write_converted": "validate",
+    "safe_extract": "validate",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
