@@ -17,6 +17,7 @@ from cnnlab.evaluation.leaderboard import (
     evaluate_models,
     leaderboard_markdown,
     macro_f1,
+    macro_f1_batch,
     measure_latency,
     pareto_front,
     plot_accuracy_vs_latency,
@@ -84,6 +85,95 @@ def test_bootstrap_interval_of_macro_f1():
     assert bootstrap_interval(y_true, y_pred, statistic, n_resamples=300) == (low, high)
     # A class absent from both labels and predictions is left out, not counted as F1 = 0.
     assert macro_f1(np.array([0, 1]), np.array([0, 1]), range(3)) == 1.0
+
+
+def test_macro_f1_batch_matches_scikit_learn():
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        k, n = int(rng.integers(1, 8)), int(rng.integers(1, 40))
+        y_true, y_pred = rng.integers(0, k + 2, (4, n)), rng.integers(0, k + 2, (4, n))
+        labels = rng.choice(k + 2, size=int(rng.integers(1, k + 3)), replace=False)
+        want = [macro_f1(t, p, labels) for t, p in zip(y_true, y_pred)]
+        np.testing.assert_allclose(macro_f1_batch(y_true, y_pred, labels), want)
+        assert macro_f1_batch(y_true[0], y_pred[0], labels) == pytest.approx(want[0], nan_ok=True)
+    # a class absent from both is left out; one never predicted counts 0
+    assert macro_f1_batch(np.array([0, 1]), np.array([0, 1]), range(3)) == 1.0
+    assert macro_f1_batch(np.array([0, 1]), np.array([0, 0]), range(2)) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="shape"):
+        macro_f1_batch(np.zeros((2, 3), int), np.zeros((3, 2), int), range(2))
+
+
+def test_bootstrap_interval_vectorised_and_degenerate_cases():
+    rng = np.random.default_rng(2)
+    y_true = np.repeat(np.arange(6), 5)
+    y_pred = np.where(rng.random(30) < 0.6, y_true, rng.integers(0, 6, 30))
+    loop = bootstrap_interval(y_true, y_pred, partial(macro_f1, labels=range(6)),
+                              n_resamples=200)
+    batch = bootstrap_interval(y_true, y_pred, partial(macro_f1_batch, labels=range(6)),
+                               n_resamples=200, vectorized=True)
+    assert loop == pytest.approx(batch)
+    statistic = partial(macro_f1_batch, labels=range(6))
+    for stratify in (True, False):
+        # all correct: within-class resamples are all 1 (zero width); over all images too
+        assert bootstrap_interval(y_true, y_true, statistic, stratify=stratify,
+                                  vectorized=True) == (1.0, 1.0)
+        assert bootstrap_interval(y_true, (y_true + 1) % 6, statistic, stratify=stratify,
+                                  vectorized=True) == (0.0, 0.0)
+    assert bootstrap_interval(y_true[:1], y_pred[:1], statistic, vectorized=True) == (1.0, 1.0)
+    # classes of one image each (no within-class variation) and one class of many
+    low, high = bootstrap_interval(np.r_[0, 1, 2, np.full(20, 3)], np.r_[0, 2, 1, rng.integers(
+        2, 4, 20)], partial(macro_f1_batch, labels=range(4)), vectorized=True)
+    assert np.isfinite([low, high]).all() and low <= high
+    with pytest.raises(ValueError, match="method"):
+        bootstrap_interval(y_true, y_pred, statistic, method="basic")
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_interval(y_true[:0], y_pred[:0], statistic)
+
+
+def _confusion_model(classes, low, high, concentration, seed=0):
+    """``(classes, classes)`` P(predicted | true): accuracy from ``low`` to ``high``."""
+    rng = np.random.default_rng(seed)
+    accuracy = np.linspace(low, high, classes)
+    model = np.zeros((classes, classes))
+    for c in range(classes):
+        others = np.arange(classes) != c
+        model[c, others] = (1 - accuracy[c]) * rng.dirichlet(np.full(classes - 1,
+                                                                     concentration))
+        model[c, c] = accuracy[c]
+    return model
+
+
+def _coverage(model, per_class, test_sets, **kwargs):
+    """Share of simulated test sets whose interval holds the population macro-F1, and the
+    share whose interval holds its own estimate."""
+    classes = len(model)
+    # population macro-F1 of a split of this class mix: F1 of the expected confusion counts
+    counts = np.full(classes, per_class)
+    tp, predicted = counts * np.diag(model), counts @ model
+    truth = np.mean(2 * tp / (counts + predicted))
+    rng = np.random.default_rng(1)
+    y_true = np.repeat(np.arange(classes), per_class)
+    cdf = np.cumsum(model, axis=1)[y_true]
+    statistic = partial(macro_f1_batch, labels=range(classes))
+    covered = inside = 0
+    for i in range(test_sets):
+        y_pred = np.minimum((rng.random(len(y_true))[:, None] > cdf).sum(axis=1), classes - 1)
+        low, high = bootstrap_interval(y_true, y_pred, statistic, seed=i, vectorized=True,
+                                       **kwargs)
+        covered += low <= truth <= high
+        inside += low <= statistic(y_true, y_pred) <= high
+    return covered / test_sets, inside / test_sets
+
+
+def test_macro_f1_interval_covers_the_population_value():
+    # The cards test split: 53 classes of 5 images (265); per-class accuracy 0.1 to 1, errors
+    # concentrated on a few other classes. The population macro-F1 is known exactly.
+    model = _confusion_model(53, 0.1, 1.0, 0.05)
+    coverage, inside = _coverage(model, 5, 300)
+    assert 0.88 <= coverage <= 0.99 and inside == 1.0
+    # The former interval (unstratified percentile) sits below: the criterion fails.
+    old, _ = _coverage(model, 5, 300, stratify=False, method="percentile")
+    assert old < 0.85 < coverage
 
 
 def test_time_calls_leaves_the_warm_up_out():

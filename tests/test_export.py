@@ -1,10 +1,23 @@
 """Round trips through .keras and .h5 for every model the project trains."""
 
+import ast
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
-from cnnlab.deploy.export import list_models, load_metadata, load_model, save_model
+import cnnlab
+from cnnlab.deploy.export import (
+    UnsafeModelError,
+    list_models,
+    load_metadata,
+    load_model,
+    save_model,
+)
 from cnnlab.models.backbones import BACKBONES
 from cnnlab.models.custom import CUSTOM_MODELS, build_custom_model
 from cnnlab.models.transfer import build_transfer_model
@@ -129,3 +142,133 @@ def test_tflite_export_errors(tmp_path):
         export_tflite(model, tmp_path / "m.tflite", "int4")
     with pytest.raises(FileNotFoundError, match="saved models: none"):
         resolve_model_file("cards-nothing", tmp_path)
+
+
+def _lambda_model(kind):
+    """A tiny model with a Lambda layer: a Python lambda, a named function, or nested."""
+    inputs = keras.Input((4,))
+    if kind == "python_lambda":
+        outputs = keras.layers.Lambda(lambda x: x * 2.0, name="custom_op")(inputs)
+    elif kind == "named_function":  # no bytecode: plain Keras loads it even in safe mode
+        outputs = keras.layers.Lambda(keras.activations.relu, name="custom_op")(inputs)
+    else:  # a Lambda inside a nested Sequential
+        inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                  keras.layers.Lambda(lambda x: x + 1.0, name="custom_op")])
+        outputs = inner(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def _save_lambda_model(tmp_path, kind="python_lambda"):
+    paths = save_model(_lambda_model(kind), tmp_path / "models", "cards-lambda",
+                       {"class_names": ["a", "b", "c", "d"], "dataset": "cards",
+                        "image_size": 4, "model": "lambda"})
+    keras.backend.clear_session()
+    return paths
+
+
+def _refusal(path):
+    return (rf"{re.escape(path.name)} holds a Lambda layer \('custom_op'\) \(arbitrary code\); "
+            rf"Keras refuses it in safe mode\. Rebuild the model without Lambda layers or, if "
+            rf"you trust the file, load it yourself with "
+            rf"keras\.saving\.load_model\(\.\.\., safe_mode=False\)")
+
+
+def _load_export(path):
+    return load_model(path)
+
+
+def _load_classifier(path):
+    from cnnlab.deploy.inference import Classifier
+
+    return Classifier.load(path)
+
+
+def _load_interpretation(path):
+    from cnnlab.evaluation.interpretation import Interpretation
+
+    return Interpretation.from_model(path, pd.DataFrame({"file": [], "label_index": []}))
+
+
+def _load_evaluate(path):
+    from cnnlab.evaluation.leaderboard import evaluate_models
+
+    return evaluate_models([path], pd.DataFrame({"file": [], "label_index": []}),
+                           ["a", "b", "c", "d"], latency_batch_sizes=())
+
+
+def _load_export_deployment(path):
+    from cnnlab.deploy.export import export_deployment
+
+    return export_deployment(path, dirs=SimpleNamespace(models=path.parent))
+
+
+def _load_tabular_round_trip(path):
+    """``tabular.training`` saves each model and reloads its ``.h5`` copy to check it."""
+    from cnnlab.tabular import training
+
+    run = SimpleNamespace(spec=SimpleNamespace(name="cards"), info={"lambda": {}})
+    return training._save_and_check(_lambda_model("python_lambda"), {}, "lambda", run,
+                                    SimpleNamespace(models=path.parent), {})
+
+
+LOADERS = {
+    "export.load_model": _load_export,
+    "inference.Classifier.load": _load_classifier,
+    "interpret.Interpretation.from_model": _load_interpretation,
+    "evaluate.evaluate_models": _load_evaluate,
+    "export.export_deployment": _load_export_deployment,
+    "tabular.training (saved .h5 reloaded)": _load_tabular_round_trip,
+}
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_every_loader_refuses_a_lambda_layer(tmp_path, loader, suffix):
+    if loader.startswith("tabular") and suffix == ".keras":
+        pytest.skip("the tabular round trip reloads the .h5 copy it has just saved")
+    path = _save_lambda_model(tmp_path)[suffix]
+    with pytest.raises(UnsafeModelError, match=_refusal(path)):
+        LOADERS[loader](path)
+
+
+@pytest.mark.parametrize("kind", ["named_function", "nested"])
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_lambda_layers_are_refused_even_where_keras_safe_mode_loads_them(tmp_path, kind,
+                                                                         suffix):
+    path = _save_lambda_model(tmp_path, kind)[suffix]
+    if kind == "named_function":  # documents why load_model searches the config itself
+        assert keras.models.load_model(path, compile=False) is not None
+        keras.backend.clear_session()
+    with pytest.raises(UnsafeModelError, match=_refusal(path)):
+        load_model(path)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_plain_keras_refuses_a_python_lambda_in_both_formats(tmp_path, suffix):
+    """Keras 3 safe mode covers the legacy .h5 loader too; load_model answers first."""
+    path = _save_lambda_model(tmp_path)[suffix]
+    with pytest.raises(ValueError, match="safe_mode=False"):
+        keras.models.load_model(path, compile=False)
+
+
+def test_no_loader_bypasses_export_load_model():
+    """Every model load in src/cnnlab goes through export.load_model, in safe mode."""
+    risky = ("enable_unsafe_deserialization", "model_from_json", "model_from_config",
+             "load_model_from_hdf5")
+    calls = {}
+    for file in sorted(Path(cnnlab.__file__).parent.rglob("*.py")):
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and any(a.name == "load_model"
+                                                        for a in node.names):
+                assert node.module == "cnnlab.deploy.export", (file, node.module)
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            unsafe = [k for k in node.keywords if k.arg == "safe_mode"
+                      and not (isinstance(k.value, ast.Constant) and k.value.value is True)]
+            if (name.endswith("load_model") and name != "load_model") or \
+                    name.endswith(risky) or unsafe:
+                calls.setdefault(file.name, []).append(ast.unparse(node))
+    assert list(calls) == ["export.py"] and len(calls["export.py"]) == 1, calls
+    assert "safe_mode=True" in calls["export.py"][0]

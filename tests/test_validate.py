@@ -89,7 +89,11 @@ def _write_corpus(root):
     raw("train/dog/copy_b.jpg", _jpeg_bytes(107), "duplicate")
     raw("train/cat/leak.jpg", _jpeg_bytes(108), "")
     raw("test/cat/leak_copy.jpg", _jpeg_bytes(108), "cross_split_duplicate")
-    raw("val/dog/leak_copy.jpg", _jpeg_bytes(108), "cross_split_duplicate")
+    raw("val/cat/leak_copy.jpg", _jpeg_bytes(108), "cross_split_duplicate")
+    raw("train/cat/conflict.jpg", _jpeg_bytes(112), "label_conflict")  # same bytes, two classes
+    raw("train/dog/conflict.jpg", _jpeg_bytes(112), "label_conflict")
+    raw("train/dog/filed_twice.jpg", _jpeg_bytes(113), "label_conflict")  # ... and two splits
+    raw("test/cat/filed_twice.jpg", _jpeg_bytes(113), "label_conflict")
     raw("test/bird/bird.jpg", _jpeg_bytes(109), "class_not_in_train")
     raw("val/Ace_of_Clubs/ace.jpg", _jpeg_bytes(110), "class_not_in_train")
     raw("train/owl/owl.jpg", _jpeg_bytes(111), "")  # a class with train images only
@@ -117,7 +121,9 @@ CASES = [
     "train/cat/cmyk.jpg", "train/cat/animated.gif", "train/dog/16bit.png",
     "train/dog/bitmap.bmp", "train/dog/UPPER.JPG", "train/dog/png_named.jpg",
     "train/dog/rotated.jpg", "train/dog/photo.webp", "train/dog/scan.tiff",
-    "train/dog/copy_b.jpg", "test/cat/leak_copy.jpg", "val/dog/leak_copy.jpg",
+    "train/dog/copy_b.jpg", "test/cat/leak_copy.jpg", "val/cat/leak_copy.jpg",
+    "train/cat/conflict.jpg", "train/dog/conflict.jpg", "train/dog/filed_twice.jpg",
+    "test/cat/filed_twice.jpg",
     "test/bird/bird.jpg", "val/Ace_of_Clubs/ace.jpg", "train/fish/broken.jpg",
 ]
 
@@ -154,8 +160,12 @@ def test_messages_name_the_problem(corpus):
     assert files.loc["train/dog/rotated.jpg", "detail"] == "EXIF orientation 6"
     assert files.loc["train/cat/cmyk.jpg", "detail"] == "mode CMYK"
     assert ".txt is not an image" in files.loc["train/cat/notes.txt", "detail"]
+    assert files.loc["train/cat/conflict.jpg", "detail"] == \
+        "filed under 'cat' and 'dog': same bytes as train/dog/conflict.jpg"
     text = str(report)
     assert "[excluded] truncated: train/dog/truncated.jpg" in text
+    assert "[excluded] label_conflict: test/cat/filed_twice.jpg: filed under 'cat' and 'dog': " \
+           "same bytes as train/dog/filed_twice.jpg" in text
 
 
 def test_class_level_findings(corpus):
@@ -193,6 +203,57 @@ def test_manifest_uses_clean_and_converted_files_and_the_pipeline_reads_them(cor
     assert images.shape == (len(files), 16, 16, 3) and images.dtype == np.uint8
     without = build_manifest(root, "folder", report=report)
     assert "train/dog/rotated.jpg" not in set(without.frame["path"])
+
+
+def _write(root, path, data):
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_bytes(data)
+
+
+@pytest.mark.parametrize("copies", [
+    ("train/cat/same.jpg", "train/dog/same.jpg"),  # two classes of one split
+    ("train/cat/same.jpg", "test/dog/same.jpg"),  # two classes in two splits
+    ("train/cat/a.jpg", "train/dog/b.jpg", "val/cat/c.jpg"),  # and a same-class copy
+    ("cat/same.jpg", "dog/same.jpg"),  # no split folders
+], ids=["same_split", "across_splits", "three_copies", "no_splits"])
+def test_same_bytes_under_two_classes_is_a_label_conflict(tmp_path, copies):
+    root = tmp_path / "data"
+    splits = ("train/", "val/", "test/") if copies[0].startswith("train/") else ("",)
+    per_class = 1 if splits[0] else 8  # a manifest splits folders of 8+ images per class
+    clean = [f"{split}{label}/clean{i}.jpg" for split in splits for label in ("cat", "dog")
+             for i in range(per_class)]
+    for seed, path in enumerate(clean, start=10):
+        _write(root, path, _jpeg_bytes(seed))
+    for path in copies:
+        _write(root, path, _jpeg_bytes(7))
+    report = validate_folder(root)
+    assert set(report.usable()["path"]) == set(clean)
+    files = report.files.set_index("path")
+    for path in copies:
+        row = files.loc[path]
+        others = ", ".join(p for p in copies if p != path)
+        assert (row["problem"], row["action"]) == ("label_conflict", "excluded"), path
+        assert row["detail"] == f"filed under 'cat' and 'dog': same bytes as {others}"
+    assert sorted(report.excluded()["path"]) == sorted(copies)  # every copy, none kept
+    assert not set(copies) & set(report.usable()["path"])
+    findings = report.findings().set_index("path")
+    plural = "s" if len(copies) > 2 else ""
+    assert set(findings.loc[list(copies), "fix"]) == {
+        f"the same image is filed under 'cat' and 'dog'; keep it in the right class folder "
+        f"and delete the other{plural}"}
+    assert report.summary().set_index("problem").loc["label_conflict", "count"] == len(copies)
+    manifest = build_manifest(root, "folder", report=report)
+    assert not set(copies) & set(manifest.frame["path"])
+    assert sorted(manifest.excluded["path"]) == sorted(copies)
+
+
+def test_same_class_copies_stay_duplicates_when_names_differ_only_in_spelling(tmp_path):
+    root = tmp_path / "data"
+    for split, label in (("train", "ace of clubs"), ("val", "Ace_of_Clubs")):
+        _write(root, f"{split}/{label}/ace.jpg", _jpeg_bytes(3))
+    files = validate_folder(root).files.set_index("path")
+    assert files.loc["train/ace of clubs/ace.jpg", "action"] == "ok"
+    assert files.loc["val/Ace_of_Clubs/ace.jpg", "problem"] == "cross_split_duplicate"
 
 
 def test_fix_moves_excluded_files_to_quarantine(tmp_path):

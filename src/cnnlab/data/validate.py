@@ -4,10 +4,11 @@
 folders) and sorts what it finds into the problems of :data:`PROBLEMS`: files that are not
 images, empty, truncated or undecodable; colour modes and formats the training decoder does not
 read as they are; EXIF-rotated photos; exact duplicates (SHA-256), within a split and across
-splits (a leak); empty class folders and class names that differ between splits. Nothing raises
-on a bad file: each one gets a row in the report, and the manifest leaves out what cannot be
-used. ``cnnlab validate DATA_DIR`` prints the report; ``--fix`` moves the excluded files to a
-quarantine folder (never deletes).
+splits (a leak); the same bytes filed under two classes (a label conflict: every copy is left
+out, since which label is right is unknown); empty class folders and class names that differ
+between splits. Nothing raises on a bad file: each one gets a row in the report, and the
+manifest leaves out what cannot be used. ``cnnlab validate DATA_DIR`` prints the report;
+``--fix`` moves the excluded files to a quarantine folder (never deletes).
 
 Files that are usable but odd are kept: grayscale, palette, RGBA, CMYK and 16-bit images are
 converted to 8-bit RGB by TensorFlow's decoder (``channels=3``); photos with an EXIF
@@ -72,6 +73,9 @@ PROBLEMS: dict[str, Problem] = {p.code: p for p in (
     Problem("duplicate", "excluded", "delete the copy; it would count twice"),
     Problem("cross_split_duplicate", "excluded",
             "the same image is in two splits (a leak); keep one copy, in train"),
+    Problem("label_conflict", "excluded",
+            "the same image is filed under two or more classes; keep it in the right class "
+            "folder and delete the others"),
     Problem("class_not_in_train", "excluded",
             "rename the folder to a train class or add train images for it"),
     Problem("mode", "converted", "none needed: decoded as 8-bit RGB"),
@@ -169,8 +173,9 @@ class ValidationReport:
     Attributes:
         root: The dataset root; ``path`` columns are relative to it.
         files: One row per file: ``path``, ``split`` (None without split folders), ``label``,
-            the columns of :func:`inspect_file`, and ``action`` (``"ok"``, ``"converted"``,
-            ``"excluded"``).
+            the columns of :func:`inspect_file`, ``action`` (``"ok"``, ``"converted"``,
+            ``"excluded"``) and ``fix`` (advice for this file, ``""`` when the problem's
+            :attr:`Problem.fix` applies as it is).
         classes: Findings about class folders: ``split``, ``label``, ``problem``, ``detail``.
     """
 
@@ -191,12 +196,14 @@ class ValidationReport:
         """Every finding, files and classes: ``problem, action, split, label, path, detail,
         fix``, sorted by action then problem."""
         files = self.files[self.files["problem"] != ""]
+        own_fix = files["fix"] if "fix" in files else pd.Series("", index=files.index)
         rows = pd.concat([
-            files[["problem", "split", "label", "path", "detail"]],
-            self.classes.assign(path=""),
+            files[["problem", "split", "label", "path", "detail"]].assign(fix=own_fix),
+            self.classes.assign(path="", fix=""),
         ], ignore_index=True)
         rows["action"] = rows["problem"].map(lambda c: PROBLEMS[c].action)
-        rows["fix"] = rows["problem"].map(lambda c: PROBLEMS[c].fix)
+        rows["fix"] = [fix if isinstance(fix, str) and fix else PROBLEMS[code].fix
+                       for code, fix in zip(rows["problem"], rows["fix"], strict=True)]
         order = {"excluded": 0, "converted": 1, "reported": 2}
         rows = rows.sort_values(["action", "problem", "path"],
                                 key=lambda s: s.map(order) if s.name == "action" else s)
@@ -305,9 +312,11 @@ def validate_folder(
 ) -> ValidationReport:
     """Checks every file below a class-per-folder dataset.
 
-    Rules, in order: each file is inspected (:func:`inspect_file`); among exact copies
-    (same SHA-256) the first in split order train, val, test (then path order) is kept, a copy
-    in the same split is a ``duplicate`` and a copy in a later split a
+    Rules, in order: each file is inspected (:func:`inspect_file`); exact copies (same
+    SHA-256) filed under two or more classes are a ``label_conflict`` and all of them are left
+    out (class names that differ only in case, spaces, ``_`` or ``-`` count as one class);
+    among copies within one class the first in split order train, val, test (then path
+    order) is kept, a copy in the same split is a ``duplicate`` and a copy in a later split a
     ``cross_split_duplicate`` (it would leak test images into training); images of a class
     absent from train are ``class_not_in_train``. Class folders with no usable image, class
     names that differ only in case, spaces, ``_`` or ``-`` between splits, and train classes
@@ -360,6 +369,7 @@ def validate_folder(
     files = pd.DataFrame(rows, columns=columns)
     files["split"] = files["split"].astype(object)
     files["action"] = files["problem"].map(lambda c: PROBLEMS[c].action if c else "ok")
+    files["fix"] = ""
     _mark_duplicates(files)
     _mark_unknown_classes(files)
     classes_found = pd.DataFrame(_class_findings(files, folders),
@@ -375,12 +385,31 @@ def _mark_duplicates(files: pd.DataFrame) -> None:
     for _, group in candidates.groupby("sha256", sort=False):
         if len(group) < 2:
             continue
+        if group["label"].map(_normalise).nunique() > 1:
+            _mark_label_conflict(files, group)
+            continue
         keep = group.iloc[0]
         for index, row in group.iloc[1:].iterrows():
             cross = row["split"] != keep["split"]
             files.loc[index, ["problem", "action", "detail"]] = [
                 "cross_split_duplicate" if cross else "duplicate", "excluded",
                 f"same bytes as {keep['path']}"]
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _mark_label_conflict(files: pd.DataFrame, group: pd.DataFrame) -> None:
+    """Excludes every copy of one image filed under more than one class, naming them all."""
+    labels = _join([repr(label) for label in sorted(set(group["label"]))])
+    others = "s" if len(group) > 2 else ""
+    fix = (f"the same image is filed under {labels}; keep it in the right class folder and "
+           f"delete the other{others}")
+    for index, row in group.iterrows():
+        copies = ", ".join(p for p in group["path"] if p != row["path"])
+        files.loc[index, ["problem", "action", "detail", "fix"]] = [
+            "label_conflict", "excluded", f"filed under {labels}: same bytes as {copies}", fix]
 
 
 def _mark_unknown_classes(files: pd.DataFrame) -> None:

@@ -10,6 +10,13 @@ cannot read them back ("Only input tensors may be passed as positional arguments
 :data:`H5_CUSTOM_OBJECTS` maps those two names to merge layers that also accept a scalar
 operand, which :func:`load_model` passes for every ``.h5`` file.
 
+:func:`load_model`, through which every loader of the project goes (``inference.Classifier``,
+``evaluate``, ``interpret``, ``export_deployment``, ``tabular.training``), loads in Keras' safe
+mode and refuses a file holding a ``Lambda`` layer before Keras reads it: a Lambda layer's
+function is stored as Python bytecode (or the name of a Python function), so loading it can
+run arbitrary code. The architecture JSON (``config.json`` in a ``.keras`` zip, the
+``model_config`` attribute of an ``.h5`` file) is searched, nested models included.
+
 :func:`export_tflite` converts a model for phones and microcontrollers (LiteRT, formerly
 TensorFlow Lite): float32; ``dynamic`` (int8 weights, float activations); or ``int8``, full
 integer post-training quantisation calibrated on a representative dataset
@@ -27,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,7 +42,8 @@ import keras
 import numpy as np
 from keras import ops
 
-import cnnlab.models.backbones  # noqa: F401  (registers BackbonePreprocessing for deserialisation)
+import cnnlab.models.transfer  # noqa: F401  (registers BackbonePreprocessing for deserialisation)
+from cnnlab.config import display_path
 from cnnlab.files import atomic_path, keep_previous, read_json
 
 
@@ -133,8 +142,78 @@ def save_model(
     return paths
 
 
+class UnsafeModelError(ValueError):
+    """A model file holds a ``Lambda`` layer, whose stored Python code Keras' safe mode refuses."""
+
+
+def read_model_config(path: str | os.PathLike) -> dict | None:
+    """The architecture JSON of a ``.keras`` or ``.h5`` file, read without building the model.
+
+    Args:
+        path: A ``.keras`` file (a zip holding ``config.json``) or an ``.h5`` file (its
+            ``model_config`` attribute).
+
+    Returns:
+        The parsed config, or None when the file holds none that can be read (a weights-only
+        or damaged file; Keras then reports the problem itself).
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".h5":
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                text = h5.attrs.get("model_config")
+        else:
+            with zipfile.ZipFile(path) as zipped:
+                text = zipped.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def lambda_layers(config) -> list[str]:
+    """Names of the ``Lambda`` layers anywhere in a model config, nested models included.
+
+    Args:
+        config: A config from :func:`read_model_config` (dicts and lists).
+
+    Returns:
+        Layer names in the order found (``"?"`` for one without a name); empty if none.
+    """
+    found = []
+    if isinstance(config, dict):
+        if config.get("class_name") == "Lambda":
+            inner = config.get("config")
+            name = inner.get("name") if isinstance(inner, dict) else None
+            found.append(str(name or config.get("name") or "?"))
+        for value in config.values():
+            found += lambda_layers(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += lambda_layers(value)
+    return found
+
+
+def _lambda_refusal(path: Path, names: list[str]) -> str:
+    which = f" ({', '.join(repr(n) for n in names)})" if names else ""
+    return (f"{display_path(path)} holds a Lambda layer{which} (arbitrary code); Keras refuses "
+            f"it in safe mode. Rebuild the model without Lambda layers or, if you trust the "
+            f"file, load it yourself with keras.saving.load_model(..., safe_mode=False)")
+
+
 def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     """Loads a ``.keras`` or ``.h5`` model saved by :func:`save_model` (or by plain Keras).
+
+    Always in Keras' safe mode: a file holding a ``Lambda`` layer (stored Python code) is
+    refused before Keras reads it, ``.h5`` files included.
 
     Args:
         path: Model file.
@@ -145,6 +224,8 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
+        UnsafeModelError: If the file holds a ``Lambda`` layer; the message names the file and
+            the fix.
         ValueError: If the suffix is neither ``.keras`` nor ``.h5``.
     """
     path = Path(path)
@@ -153,8 +234,17 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
                                 f"02/03) or check the name in models/")
     if path.suffix not in MODEL_FORMATS:
         raise ValueError(f"{path} is not a .keras or .h5 model file")
+    names = lambda_layers(read_model_config(path))
+    if names:
+        raise UnsafeModelError(_lambda_refusal(path, names))
     custom = H5_CUSTOM_OBJECTS if path.suffix == ".h5" else None
-    return keras.models.load_model(path, custom_objects=custom, compile=compile)
+    try:
+        return keras.models.load_model(path, custom_objects=custom, compile=compile,
+                                       safe_mode=True)
+    except ValueError as error:  # a Lambda the config search missed: Keras' own refusal
+        if "safe_mode" in str(error) and "Lambda" in str(error):
+            raise UnsafeModelError(_lambda_refusal(path, [])) from error
+        raise
 
 
 def load_metadata(path: str | os.PathLike) -> dict:
