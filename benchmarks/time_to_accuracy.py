@@ -47,7 +47,7 @@ import tensorflow as tf  # noqa: E402
 from cnnlab.config import get_profile, project_dirs  # noqa: E402
 from cnnlab.data.datasets import get_dataset_spec, prepare_dataset
 from cnnlab.data.pipeline import split_dataset
-from cnnlab.evaluation.leaderboard import wilson_interval
+from cnnlab.evaluation.metrics import wilson_interval
 from cnnlab.files import write_json, write_text
 from cnnlab.models.backbones import get_backbone_spec, resolve_weights
 from cnnlab.training.fine_tuning import fine_tune

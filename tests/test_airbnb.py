@@ -468,7 +468,7 @@ def test_listings_with_photos_train_an_image_model_end_to_end(shared_dir, tmp_pa
     assert len(run.data.frame) == 44 and run.spec.rooms == ("photo",)
     assert (run.data.left_out["reason"].str.contains("no usable photo")).sum() == 4
     assert run.info["transfer"]["started from"].startswith("mobilenet_v2 imagenet (local file")
-    assert (project.models / "airbnb-transfer.h5").is_file()
+    assert (project.models / "airbnb-transfer" / "model.h5").is_file()
     assert len(run.table("test")) == 4  # median, gbm, mlp, transfer on the same test rows
     requests = len(hits)
     load_split("airbnb", listings_url=str(listings), dirs=project, verbose=False)

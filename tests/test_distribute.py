@@ -157,7 +157,7 @@ def test_two_workers_on_localhost_match_one_device(runs):
     assert abs(chief["val_accuracy"].iloc[-1] - single["val_accuracy"].iloc[-1]) <= TOLERANCE
     # Only the chief writes models/; worker 1 keeps its checkpoints apart.
     models = runs["models"]
-    assert (models / "vehicles-mobilenet_v3_small_075.keras").is_file()
+    assert (models / "vehicles-mobilenet_v3_small_075" / "model.keras").is_file()
     assert not list(models.glob("*worker1*"))
 
 

@@ -11,22 +11,18 @@ from cnnlab.deploy.export import load_metadata, load_model, save_model
 from cnnlab.deploy.inference import Classifier, choose_model, demo_images
 from cnnlab.evaluation.interpretation import Interpretation
 from cnnlab.evaluation.leaderboard import (
-    ClassMismatchError,
-    Predictions,
-    bootstrap_interval,
     evaluate_models,
     leaderboard_markdown,
-    macro_f1,
-    macro_f1_batch,
     measure_latency,
     pareto_front,
     plot_accuracy_vs_latency,
     saved_models,
     time_calls,
     training_record,
-    wilson_interval,
     write_leaderboard,
 )
+from cnnlab.evaluation.metrics import bootstrap_interval, macro_f1, macro_f1_batch, wilson_interval
+from cnnlab.evaluation.predictions import ClassMismatchError, Predictions
 from cnnlab.training.fitting import train_custom
 
 CLASSES = ["a", "b", "c"]
@@ -273,7 +269,7 @@ def test_models_saved_with_other_class_orders_are_realigned_or_skipped(saved, pr
     assert board.iloc[0]["accuracy"] == pytest.approx(float(np.mean(reference.y_pred ==
                                                                      reference.y_true)))
     out = capsys.readouterr().out
-    assert "skipped: ./models/sample-renamed.keras was trained on other classes" in out
+    assert "skipped: ./models/sample-renamed/model.keras was trained on other classes" in out
     assert f"only the model: ['x']; only the split: ['{shuffled[0]}']" in out
     with pytest.raises(ClassMismatchError, match="train it again"):
         Interpretation.from_model(renamed[".keras"], rows, classes)
@@ -301,7 +297,8 @@ def test_training_record_reads_the_run_folder(tmp_path):
 def test_deployed_model_classifies_new_files_of_any_format(saved, project, tmp_path):
     manifest, _ = saved
     path, reason = choose_model(project.models, project.reports, "sample")
-    assert path.name == "sample-vehicles_cnn_bn.h5" and "best validation accuracy" in reason
+    assert path == project.models / "sample-vehicles_cnn_bn" / "model.h5"
+    assert "best validation accuracy" in reason
     files = demo_images(manifest.split("test"), tmp_path / "new", count=4)
     assert sorted(f.suffix for f in files) == [".jpg", ".png", ".png", ".webp"]
     classifier = Classifier.load(path)
@@ -318,8 +315,11 @@ def test_deployed_model_is_chosen_by_validation_never_by_test(tmp_path):
     for folder in (models, checkpoints, reports):
         folder.mkdir()
     for name, val in (("a", [0.5, 0.7]), ("b", [0.8, 0.75]), ("c", None)):
-        (models / f"sample-{name}.h5").write_bytes(b"")
-        (models / f"sample-{name}.json").write_text(json.dumps({"run_folder": f"sample-{name}"}))
+        (models / f"sample-{name}").mkdir()
+        for file in ("model.keras", "model.h5"):
+            (models / f"sample-{name}" / file).write_bytes(b"")
+        (models / f"sample-{name}" / "meta.json").write_text(
+            json.dumps({"run_folder": f"sample-{name}"}))
         if val is not None:
             (checkpoints / f"sample-{name}").mkdir()
             pd.DataFrame({"epoch": range(len(val)), "val_accuracy": val}).to_csv(
@@ -328,5 +328,50 @@ def test_deployed_model_is_chosen_by_validation_never_by_test(tmp_path):
     pd.DataFrame({"model": ["a", "b"], "accuracy": [0.9, 0.6]}).to_csv(
         reports / "sample-leaderboard.csv", index=False)
     path, reason = choose_model(models, reports, "sample")
-    assert path.name == "sample-b.h5"
+    assert path == models / "sample-b" / "model.h5"
     assert "best validation accuracy of 2 model(s) (0.800" in reason and "test" in reason
+
+
+def test_predictions_are_computed_once_per_model_and_split_and_read_by_every_reader(
+        saved, project, monkeypatch):
+    from cnnlab.evaluation import interpretation, predictions
+
+    manifest, result = saved
+    test, val, classes = manifest.split("test"), manifest.split("val"), list(manifest.classes)
+    folder = project.models / "sample-vehicles_cnn_bn"
+    calls = []
+    real = predictions.predict_dataset
+
+    def counting(*args, **kwargs):
+        calls.append(args[2:])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictions, "predict_dataset", counting)
+    monkeypatch.setattr(interpretation, "predict_dataset", counting)
+    board, interps = evaluate_models([folder], test, classes, latency_batch_sizes=())
+    assert len(calls) == 1 and (folder / "predictions" / "test.npz").is_file()
+    # The leaderboard, an Interpretation and a second evaluation read the saved file.
+    board_again, _ = evaluate_models([folder], test, classes, latency_batch_sizes=())
+    again = Interpretation.from_model(folder, test, classes, split_name="test")
+    assert len(calls) == 1
+    pd.testing.assert_frame_equal(board.drop(columns="load (1 min)", errors="ignore"),
+                                  board_again.drop(columns="load (1 min)", errors="ignore"))
+    np.testing.assert_array_equal(again.predictions.probs,
+                                  interps["vehicles_cnn_bn"].predictions.probs)
+    # Other rows (one test image fewer) are other predictions: computed again.
+    evaluate_models([folder], test.iloc[1:], classes, latency_batch_sizes=())
+    assert len(calls) == 2
+    # Model selection scores the validation split through its own file, never the test one.
+    (folder / "predictions" / "test.npz").unlink()
+    path, reason = choose_model(project.models, project.reports, "sample", val_rows=val,
+                                class_names=classes)
+    assert path == folder / "model.h5" and "whole validation split" in reason
+    assert (folder / "predictions" / "val.npz").is_file()
+    assert not (folder / "predictions" / "test.npz").exists()
+    scored = predictions.split_predictions(folder, "val", val, classes)
+    assert f"({float((scored.y_pred == scored.y_true).mean()):.3f}," in reason
+    assert len(calls) == 3  # the val predictions were computed once, then read
+    # A model saved again is a new folder: its old predictions went with the old one.
+    save_model(load_model(folder), project.models, "sample-vehicles_cnn_bn",
+               load_metadata(folder))
+    assert not (folder / "predictions").exists()

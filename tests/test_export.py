@@ -51,20 +51,29 @@ def test_plain_keras_cannot_reload_mobilenet_v3_h5(tmp_path):
     assert load_model(paths[".h5"]) is not None
 
 
-def test_saving_again_keeps_the_previous_model(tmp_path, capsys):
+def test_a_model_is_one_folder_and_saving_again_keeps_the_previous_one(tmp_path, capsys):
     model = _model("retail_cnn")
+    paths = save_model(model, tmp_path, "cards-retail_cnn", {"class_names": ["a", "b", "c"]})
+    folder = tmp_path / "cards-retail_cnn"
+    assert paths["folder"] == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.h5", "model.keras"]
+    assert load_metadata(folder)["class_names"] == load_metadata(paths[".h5"])["class_names"]
+    assert load_model(folder).predict(X, verbose=0).shape == (2, 3)
     save_model(model, tmp_path, "cards-retail_cnn")
-    save_model(model, tmp_path, "cards-retail_cnn")
-    assert "kept the previous cards-retail_cnn.h5" in capsys.readouterr().out
-    assert len(list((tmp_path / "previous").glob("cards-retail_cnn-*.h5"))) == 1
-    assert [p.name for p in list_models(tmp_path, "cards-")] == ["cards-retail_cnn.keras"]
+    assert "kept the previous cards-retail_cnn as" in capsys.readouterr().out
+    previous = list((tmp_path / "previous").glob("cards-retail_cnn-*"))
+    assert len(previous) == 1 and (previous[0] / "model.keras").is_file()
+    assert list_models(tmp_path, "cards-") == [folder]  # previous/ is not a model
+    save_model(model, tmp_path, "cards-retail_cnn")  # same second: a second name, no clash
+    assert len(list((tmp_path / "previous").glob("cards-retail_cnn-*"))) == 2
 
 
 @pytest.mark.parametrize("failing", [".keras", ".h5"])
 def test_interrupted_save_leaves_the_previous_model_in_place(tmp_path, monkeypatch, failing):
     model = _model("retail_cnn")
     save_model(model, tmp_path, "x")
-    before = {s: (tmp_path / f"x{s}").read_bytes() for s in (".keras", ".h5", ".json")}
+    folder = tmp_path / "x"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     real_save = keras.Model.save
 
     def crash(self, path, *args, **kwargs):
@@ -78,8 +87,8 @@ def test_interrupted_save_leaves_the_previous_model_in_place(tmp_path, monkeypat
         save_model(model, tmp_path, "x")
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
-    # the model and its sidecar stay together where they were; nothing moved aside
-    assert {s: (tmp_path / f"x{s}").read_bytes() for s in before} == before
+    # the model folder stays complete where it was; nothing moved aside
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert not list(tmp_path.glob("previous/x-*"))
 
 
@@ -108,15 +117,15 @@ def test_tflite_export_float_dynamic_and_int8_on_real_images(project, shared_dir
     name = "vehicles-mobilenet_v3_small_075"
     assert main(["export", name, "--format", "tflite"]) == 0
     out = capsys.readouterr().out
-    assert f"{name}.tflite" in out and "test split, 120 images: Keras accuracy" in out
+    assert f"{name}/model.tflite" in out and "test split, 120 images: Keras accuracy" in out
     path, float32 = export_deployment(name, dirs=project)  # again: the old file is kept
-    assert path == project.models / f"{name}.tflite"
-    assert list((project.models / "previous").glob(f"{name}-*.tflite"))
+    assert path == project.models / name / "model.tflite"
+    assert list((project.models / name / "previous").glob("model-*.tflite"))
     assert float32["images"] == 120 and float32["keras_accuracy"] > 0.5  # chance: 0.25
     assert float32["tflite_accuracy"] == pytest.approx(float32["keras_accuracy"], abs=0.01)
     assert float32["agreement"] >= 0.99 and float32["max_abs_diff"] < 1e-3
     path_dynamic, dynamic = export_deployment(name, quantize="dynamic", dirs=project)
-    assert path_dynamic.name == f"{name}.dynamic.tflite"
+    assert path_dynamic.name == "model.dynamic.tflite"
     assert dynamic["tflite_accuracy"] == pytest.approx(dynamic["keras_accuracy"], abs=0.06)
     # Full int8 on a plain conv/ReLU network (MobileNetV3's hard-swish does not survive it,
     # tensorflow/models#11274): parity within a few points.
@@ -125,9 +134,9 @@ def test_tflite_export_float_dynamic_and_int8_on_real_images(project, shared_dir
     train_custom("vehicles_cnn_bn", manifest, profile, project, seed=0)
     path8, int8 = export_deployment("vehicles-vehicles_cnn_bn", quantize="int8", dirs=project,
                                     calibration_images=64)
-    assert path8.name == "vehicles-vehicles_cnn_bn.int8.tflite"
-    assert int8["tflite_kib"] < 0.5 * (project.models / "vehicles-vehicles_cnn_bn.h5"
-                                       ).stat().st_size / 1024
+    assert path8.name == "model.int8.tflite"
+    assert int8["tflite_kib"] < 0.5 * (project.models / "vehicles-vehicles_cnn_bn"
+                                       / "model.h5").stat().st_size / 1024
     assert int8["tflite_accuracy"] == pytest.approx(int8["keras_accuracy"], abs=0.05)
     assert int8["agreement"] >= 0.9
 

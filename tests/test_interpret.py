@@ -192,7 +192,7 @@ def test_interpretation_figures(trained, nested):
 
 
 def test_gradcam_explains_the_split_class_when_the_model_orders_classes_differently(trained):
-    from cnnlab.evaluation.leaderboard import class_order
+    from cnnlab.evaluation.predictions import class_order
 
     test, classes = trained["test"], trained["manifest"].classes
     model = trained["flat"].model

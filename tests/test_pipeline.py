@@ -76,7 +76,7 @@ def test_notebooks_01_02_04_06_on_real_images(project, offline_assets):
     assert "3710 images, 53 classes" in eda and "own split folders" in eda
     assert "segmenting 2 images of vehicles" in _outputs(report / "04_segmentation.ipynb")
     inference = _outputs(report / "06_inference.ipynb")
-    assert "best validation accuracy" in inference and "cards-retail_cnn.h5" in inference
+    assert "best validation accuracy" in inference and "cards-retail_cnn/model.h5" in inference
     assert "/work/" not in eda + inference  # no machine paths in committed outputs
 
 

@@ -207,7 +207,7 @@ def test_cli_trains_one_mixed_model_beside_the_baselines(airbnb_dir, project, ca
     assert "dropped weekly_price" in out
     table = out[out.index("MAPE %"):]
     assert all(name in table for name in ("mlp", "gbm", "median"))
-    assert (project.models / "airbnb-mlp.h5").is_file()
+    assert (project.models / "airbnb-mlp" / "model.h5").is_file()
     assert (project.checkpoints / "airbnb-mlp" / "history.csv").is_file()
     assert main(["mixed", "cnn", "--dataset", "airbnb", "--data-dir", str(airbnb_dir),
                  "--profile", "smoke"]) == 0  # no photos: said, not a crash

@@ -54,8 +54,8 @@ def test_train_custom_writes_run_folder_and_models(sample_root, project):
     assert (run / "best.weights.h5").is_file() and (run / "last.weights.h5").is_file()
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
     assert not (run / "backup").exists()
-    for suffix in (".keras", ".h5", ".json"):
-        assert (project.models / f"sample-retail_cnn{suffix}").is_file()
+    for file in ("model.keras", "model.h5", "meta.json"):
+        assert (project.models / "sample-retail_cnn" / file).is_file()
     # A second run starts a new folder and keeps the old one, whole, beside it.
     train_custom("retail_cnn", manifest, TINY, project)
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1]
@@ -259,7 +259,7 @@ def test_resume_after_sigkill_in_stage_2_continues_from_the_last_epoch(
     pd.testing.assert_frame_equal(after.iloc[:resumed_at], before.iloc[:resumed_at])
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
     assert not [p.name for p in project.models.iterdir() if p.name.startswith(".")]
-    assert load_model(project.models / f"sample-{BACKBONE}.keras").output.shape[-1] == 4
+    assert load_model(project.models / f"sample-{BACKBONE}").output.shape[-1] == 4
 
 
 def test_interrupted_run_with_other_settings_is_not_resumed(tmp_path, capsys):
@@ -403,7 +403,7 @@ def test_a_crash_during_the_model_save_resumes_and_saves_without_retraining(
         train.train_custom("retail_cnn", manifest, TINY, project)
     run = project.checkpoints / "sample-retail_cnn"
     assert json.loads((run / "state.json").read_text())["status"] == "running"
-    assert not (project.models / "sample-retail_cnn.keras").exists()
+    assert not (project.models / "sample-retail_cnn").exists()
     epochs = len(pd.read_csv(run / "history.csv"))
 
     monkeypatch.setattr(cnnlab.deploy.export, "save_model", real_save)
@@ -411,4 +411,4 @@ def test_a_crash_during_the_model_save_resumes_and_saves_without_retraining(
     assert len(pd.read_csv(run / "history.csv")) == epochs == TINY.custom_epochs  # no retraining
     assert result.run.path == run and json.loads((run / "state.json").read_text())[
         "status"] == "finished"
-    assert (project.models / "sample-retail_cnn.keras").is_file()
+    assert (project.models / "sample-retail_cnn" / "model.keras").is_file()

@@ -1,8 +1,12 @@
-"""Saving, loading and exporting models: ``.keras`` and ``.h5`` with a JSON sidecar; TFLite.
+"""Saving, loading and exporting models: one folder per model, with ``.keras``, ``.h5`` and JSON.
 
-``models/<name>.keras`` is the native Keras 3 format; ``models/<name>.h5`` is the legacy HDF5
-format the course projects deployed. ``models/<name>.json`` records what a deployed model needs
-(class names, input size) and how it was made (backbone, weights, training time).
+A saved model is the folder ``models/<name>/``: ``model.keras`` (the native Keras 3 format),
+``model.h5`` (the legacy HDF5 format the course projects deployed) and ``meta.json`` (what a
+deployed model needs, class names and input size, and how it was made: backbone, weights,
+training time). What is computed from the model later lives in the same folder:
+``predictions/<split>.npz`` (:mod:`cnnlab.evaluation.predictions`) and ``model.tflite``.
+:func:`save_model` writes the folder under a temporary name and renames it into place, so a
+model folder is always complete.
 
 Keras 3 writes MobileNetV3's ``x + 3.0`` and ``x * (1/6)`` (hard-swish) operations into the
 legacy HDF5 config as ``Add``/``Multiply`` nodes with a Python float as second input, and then
@@ -93,53 +97,76 @@ H5_CUSTOM_OBJECTS = {"Add": H5CompatAdd, "Multiply": H5CompatMultiply}
 MODEL_FORMATS = (".keras", ".h5")
 
 
+MODEL_FILES = {".keras": "model.keras", ".h5": "model.h5", ".json": "meta.json"}
+
+
+def model_folder(path: str | os.PathLike) -> Path:
+    """The folder of a saved model, from the folder itself or any file in it.
+
+    Args:
+        path: ``models/<name>/`` or one of its files (``model.keras``, ``model.h5``, ...).
+
+    Returns:
+        ``models/<name>/``.
+    """
+    path = Path(path)
+    return path if path.is_dir() or not path.suffix else path.parent
+
+
+def model_name(path: str | os.PathLike) -> str:
+    """The name of a saved model (its folder's name), or a plain file's stem."""
+    path = Path(path)
+    if path.is_dir() or path.name in MODEL_FILES.values():
+        return model_folder(path).name
+    return path.stem
+
+
 def save_model(
     model: keras.Model, models_dir: str | os.PathLike, name: str, metadata: dict | None = None
 ) -> dict[str, Path]:
-    """Saves ``model`` as ``<name>.keras``, ``<name>.h5`` and ``<name>.json``.
+    """Saves ``model`` as the folder ``models_dir/<name>/`` (``model.keras``, ``model.h5``,
+    ``meta.json``).
 
-    All three files are written under temporary names first; only when every one is
-    complete are existing files of the same name moved to ``previous/`` (never overwritten
-    silently; the move is printed) and the new ones renamed into place. A crash while saving
-    leaves the previous model and its sidecar where they were.
+    The folder is written complete under a temporary name (``.<name>.tmp<pid>/``), then
+    renamed into place. Only once it is complete is an existing folder of the same name moved
+    to ``previous/<name>-<time>/`` (never overwritten silently; the move is printed). A crash
+    while saving leaves the previous model where it was, and no half folder under ``name``.
 
     Args:
         model: The model to save.
         models_dir: Destination folder (``models/``).
-        name: File stem, e.g. ``cards-mobilenet_v3_small_075``.
-        metadata: JSON-serialisable facts for the sidecar (class names, image size, ...).
+        name: Model name, e.g. ``cards-mobilenet_v3_small_075``.
+        metadata: JSON-serialisable facts for ``meta.json`` (class names, image size, ...).
 
     Returns:
-        ``{".keras": path, ".h5": path, ".json": path}``.
+        ``{".keras": path, ".h5": path, ".json": path, "folder": path}``, the final paths.
     """
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    paths = {suffix: models_dir / f"{name}{suffix}" for suffix in (*MODEL_FORMATS, ".json")}
-    temporary = {suffix: path.with_name(f".{path.stem}.tmp{os.getpid()}{suffix}")
-                 for suffix, path in paths.items()}
+    folder = models_dir / name
+    temporary = models_dir / f".{name}.tmp{os.getpid()}"
     sidecar = {
         "name": name, "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
         "params_total": int(model.count_params()),
         "params_trainable": int(sum(int(ops.size(w)) for w in model.trainable_weights)),
         "keras_version": keras.__version__, **(metadata or {}),
     }
+    if temporary.exists():
+        shutil.rmtree(temporary)
     try:
-        # Every new file is complete before anything already there is touched.
+        temporary.mkdir()
         for suffix in MODEL_FORMATS:
-            model.save(temporary[suffix])
-        temporary[".json"].write_text(json.dumps(sidecar, indent=2, default=str) + "\n",
-                                      encoding="utf-8")
-        for path in paths.values():
-            moved = keep_previous(path)
-            if moved is not None:
-                print(f"kept the previous {path.name} as previous/{moved.name}")
-        for suffix, path in paths.items():
-            os.replace(temporary[suffix], path)
+            model.save(temporary / MODEL_FILES[suffix])
+        (temporary / MODEL_FILES[".json"]).write_text(
+            json.dumps(sidecar, indent=2, default=str) + "\n", encoding="utf-8")
+        moved = keep_previous(folder)  # only now: the new folder is complete
+        if moved is not None:
+            print(f"kept the previous {name} as {display_path(moved)}")
+        os.replace(temporary, folder)
     finally:
-        for tmp in temporary.values():
-            if tmp.exists():
-                tmp.unlink()
-    return paths
+        if temporary.exists():
+            shutil.rmtree(temporary)
+    return {**{suffix: folder / file for suffix, file in MODEL_FILES.items()}, "folder": folder}
 
 
 class UnsafeModelError(ValueError):
@@ -216,7 +243,8 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     refused before Keras reads it, ``.h5`` files included.
 
     Args:
-        path: Model file.
+        path: A model folder ``models/<name>/`` (its ``model.keras`` is read), or a
+            ``.keras`` or ``.h5`` file.
         compile: Restore the training configuration too.
 
     Returns:
@@ -229,6 +257,8 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
         ValueError: If the suffix is neither ``.keras`` nor ``.h5``.
     """
     path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILES[".keras"]
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist; train it first (notebooks "
                                 f"02/03) or check the name in models/")
@@ -248,14 +278,30 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
 
 
 def load_metadata(path: str | os.PathLike) -> dict:
-    """Reads the JSON sidecar of a saved model (``models/<name>.json``)."""
-    return read_json(Path(path).with_suffix(".json"))
+    """Reads ``meta.json`` of a saved model.
+
+    Args:
+        path: The model folder or a file in it; for a plain model file elsewhere, the JSON
+            file of the same stem beside it.
+
+    Raises:
+        FileNotFoundError: If there is none.
+    """
+    path = Path(path)
+    if path.is_dir() or path.name in MODEL_FILES.values():
+        return read_json(model_folder(path) / MODEL_FILES[".json"])
+    return read_json(path.with_suffix(".json"))
 
 
-def list_models(models_dir: str | os.PathLike, prefix: str = "", suffix: str = ".keras"):
-    """Model files in ``models_dir`` whose name starts with ``prefix`` (sorted)."""
-    return sorted(p for p in Path(models_dir).glob(f"{prefix}*{suffix}") if p.is_file()
-                  and not p.name.startswith("."))
+def list_models(models_dir: str | os.PathLike, prefix: str = "") -> list[Path]:
+    """Saved model folders in ``models_dir`` whose name starts with ``prefix`` (sorted).
+
+    A folder counts when it holds ``model.keras``; hidden (temporary) folders and
+    ``previous/`` do not.
+    """
+    return sorted(p for p in Path(models_dir).glob(f"{prefix}*") if p.is_dir()
+                  and not p.name.startswith(".") and p.name != "previous"
+                  and (p / MODEL_FILES[".keras"]).is_file())
 
 
 TFLITE_QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -435,19 +481,24 @@ def split_images(manifest, split: str, image_size: int, limit: int | None = None
 
 
 def resolve_model_file(model: str | os.PathLike, models_dir: str | os.PathLike) -> Path:
-    """A model file from a path, or from a name in ``models/`` (``cards-retail_cnn``).
+    """A model's ``.keras`` file from a path (folder or file) or a name in ``models/``.
+
+    Args:
+        model: ``models/<name>/``, a model file, or a name such as ``cards-retail_cnn``.
+        models_dir: The ``models/`` folder.
 
     Raises:
-        FileNotFoundError: If neither exists; the message lists the saved models.
+        FileNotFoundError: If none exists; the message lists the saved models.
     """
     path = Path(model)
     if path.is_file():
         return path
-    candidate = Path(models_dir) / f"{model}.keras"
-    if candidate.is_file():
-        return candidate
-    saved = ", ".join(p.stem for p in list_models(models_dir)) or "none"
-    raise FileNotFoundError(f"no model file {model} and no {candidate}; saved models: {saved}")
+    for folder in (path, Path(models_dir) / str(model)):
+        if (folder / MODEL_FILES[".keras"]).is_file():
+            return folder / MODEL_FILES[".keras"]
+    saved = ", ".join(p.name for p in list_models(models_dir)) or "none"
+    raise FileNotFoundError(f"no model {model} (neither a file nor a folder of models/); saved "
+                            f"models: {saved}")
 
 
 def export_deployment(model: str | os.PathLike, format: str = "tflite", quantize: str = "none",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,13 @@ import numpy as np
 import pandas as pd
 
 from cnnlab.data.pipeline import load_image
-from cnnlab.deploy.export import load_metadata, load_model
+from cnnlab.deploy.export import (
+    MODEL_FILES,
+    list_models,
+    load_metadata,
+    load_model,
+    model_name,
+)
 
 
 @dataclass
@@ -32,16 +37,16 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Classifier:
-        """Loads ``models/<name>.h5`` or ``.keras`` and its ``<name>.json`` sidecar.
+        """Loads a saved model: its folder ``models/<name>/`` or its ``model.h5``/``.keras``.
 
         Raises:
-            FileNotFoundError: If the model or its sidecar is missing.
+            FileNotFoundError: If the model or its ``meta.json`` is missing.
         """
         path = Path(path)
         model = load_model(path)
         meta = load_metadata(path)
         return cls(model, list(meta["class_names"]), int(model.input_shape[1]),
-                   meta.get("model", path.stem))
+                   meta.get("model", model_name(path)))
 
     def predict_files(self, files, top_k: int = 3) -> pd.DataFrame:
         """Top-k classes with probabilities for image files of any size and format.
@@ -112,16 +117,16 @@ def demo_images(rows: pd.DataFrame, out_dir: str | os.PathLike, count: int = 4,
     return written
 
 
-def best_validation_accuracy(model_file: str | os.PathLike,
+def best_validation_accuracy(model: str | os.PathLike,
                              checkpoints_dir: str | os.PathLike) -> float | None:
-    """The best ``val_accuracy`` of the run that trained ``model_file``, or None.
+    """The best ``val_accuracy`` in the history of the run that trained ``model``, or None.
 
-    Reads the model's JSON sidecar (``run_folder``) and that run's ``history.csv``.
+    Reads the model's ``meta.json`` (``run_folder``) and that run's ``history.csv``.
     """
-    sidecar = Path(model_file).with_suffix(".json")
-    if not sidecar.is_file():
+    try:
+        run = load_metadata(model).get("run_folder")
+    except FileNotFoundError:
         return None
-    run = json.loads(sidecar.read_text()).get("run_folder")
     history = Path(checkpoints_dir) / str(run) / "history.csv"
     if not run or not history.is_file():
         return None
@@ -131,40 +136,67 @@ def best_validation_accuracy(model_file: str | os.PathLike,
 
 def choose_model(models_dir: str | os.PathLike, reports_dir: str | os.PathLike,
                  dataset: str, name: str | None = None,
-                 checkpoints_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+                 checkpoints_dir: str | os.PathLike | None = None,
+                 val_rows: pd.DataFrame | None = None, class_names: list[str] | None = None,
+                 batch_size: int = 32) -> tuple[Path, str]:
     """The ``.h5`` model to deploy for ``dataset`` and why it was chosen.
 
-    Model selection reads the validation split only (each run's best ``val_accuracy``), so
-    the test split stays untouched until the report; choosing by test accuracy would make
-    the reported test score optimistic.
+    Model selection reads the validation split only, so the test split stays untouched until
+    the report; choosing by test accuracy would make the reported test score optimistic. With
+    ``val_rows``, every saved model of ``dataset`` trained on ``class_names`` is scored on
+    the whole validation split through its saved predictions
+    (``models/<name>/predictions/val.npz``, computed once); without them, by the best
+    ``val_accuracy`` of its run's ``history.csv``.
 
     Args:
         models_dir: The ``models/`` folder.
         reports_dir: The ``reports/`` folder (not read for the choice; kept for callers).
-        dataset: Dataset name (model files are ``<dataset>-<model>.h5``).
+        dataset: Dataset name (model folders are ``models/<dataset>-<model>/``).
         name: A model name to use as is.
         checkpoints_dir: The ``checkpoints/`` folder (default: beside ``models_dir``).
+        val_rows: The validation split's rows (``Manifest.split("val")``).
+        class_names: The split's class names in label-index order (with ``val_rows``).
+        batch_size: Images per prediction batch.
 
     Returns:
-        ``(path, reason)``: the model whose run reached the best validation accuracy, else
-        (no run folder with validation history) the most recently saved one.
+        ``(path, reason)``: ``models/<name>/model.h5`` of the model with the best validation
+        accuracy, else (nothing to score it by) the most recently saved one.
 
     Raises:
         FileNotFoundError: If no model of ``dataset`` exists (train one in 02 or 03).
     """
+    from cnnlab.evaluation.predictions import ClassMismatchError, split_predictions
+
     models_dir = Path(models_dir)
     if name:
-        return models_dir / f"{dataset}-{name}.h5", "chosen by the model_name parameter"
+        return models_dir / f"{dataset}-{name}" / MODEL_FILES[".h5"], \
+            "chosen by the model_name parameter"
     checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else models_dir.parent / \
         "checkpoints"
-    saved = sorted(models_dir.glob(f"{dataset}-*.h5"), key=lambda p: p.stat().st_mtime)
+    saved = sorted(list_models(models_dir, f"{dataset}-"),
+                   key=lambda p: (p / MODEL_FILES[".keras"]).stat().st_mtime)
     if not saved:
-        raise FileNotFoundError(f"no {dataset}-*.h5 model in models/; train one with notebook "
+        raise FileNotFoundError(f"no {dataset}-* model in models/; train one with notebook "
                                 f"02 or 03 first")
-    scored = [(value, path) for path in saved
-              if (value := best_validation_accuracy(path, checkpoints_dir)) is not None]
+    if val_rows is not None and class_names is not None and len(val_rows):
+        scored = []
+        for folder in saved:
+            try:
+                predictions = split_predictions(folder, "val", val_rows, class_names,
+                                                batch_size)
+            except ClassMismatchError:
+                continue
+            scored.append((float((predictions.y_pred == predictions.y_true).mean()), folder))
+        source = (f"on the whole validation split ({len(val_rows)} images, saved "
+                  f"predictions)")
+    else:
+        scored = [(value, folder) for folder in saved
+                  if (value := best_validation_accuracy(folder, checkpoints_dir)) is not None]
+        source = "from its run's history.csv"
     if scored:
-        value, path = max(scored, key=lambda item: item[0])
-        return path, (f"best validation accuracy of {len(scored)} model(s) ({value:.3f}, from "
-                      f"its run's history.csv; the test split is not used to choose)")
-    return saved[-1], "most recently saved (no run folder with validation accuracy)"
+        value, folder = max(scored, key=lambda item: item[0])
+        return folder / MODEL_FILES[".h5"], (
+            f"best validation accuracy of {len(scored)} model(s) ({value:.3f}, {source}; the "
+            f"test split is not used to choose)")
+    return saved[-1] / MODEL_FILES[".h5"], \
+        "most recently saved (no validation accuracy to choose by)"

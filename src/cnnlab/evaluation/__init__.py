@@ -1,4 +1,5 @@
-"""Evaluation: metrics with intervals, predictions, the leaderboard, interpretation and Grad-CAM.
+"""Evaluation: metrics with intervals, predictions saved beside each model, the leaderboard,
+interpretation and Grad-CAM.
 
 Every public name of the subpackage's modules is readable here too, imported on first
 use (see ``cnnlab._exports``).
@@ -12,16 +13,7 @@ _EXPORTS = {
     "gradcam_heatmaps": "interpretation",
     "overlay_heatmap": "interpretation",
     "Interpretation": "interpretation",
-    "CONFIDENCE": "leaderboard",
-    "BOOTSTRAP_RESAMPLES": "leaderboard",
     "LATENCY_BATCH_SIZES": "leaderboard",
-    "wilson_interval": "leaderboard",
-    "macro_f1": "leaderboard",
-    "bootstrap_interval": "leaderboard",
-    "Predictions": "leaderboard",
-    "ClassMismatchError": "leaderboard",
-    "class_order": "leaderboard",
-    "predict_dataset": "leaderboard",
     "time_calls": "leaderboard",
     "measure_latency": "leaderboard",
     "machine_description": "leaderboard",
@@ -33,6 +25,16 @@ _EXPORTS = {
     "plot_accuracy_vs_latency": "leaderboard",
     "leaderboard_markdown": "leaderboard",
     "write_leaderboard": "leaderboard",
+    "CONFIDENCE": "metrics",
+    "BOOTSTRAP_RESAMPLES": "metrics",
+    "wilson_interval": "metrics",
+    "macro_f1": "metrics",
+    "macro_f1_batch": "metrics",
+    "bootstrap_interval": "metrics",
+    "Predictions": "predictions",
+    "ClassMismatchError": "predictions",
+    "class_order": "predictions",
+    "predict_dataset": "predictions",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
@@ -34,8 +33,13 @@ from matplotlib.figure import Figure
 
 from cnnlab.config import display_path
 from cnnlab.data.pipeline import load_image, split_dataset
-from cnnlab.deploy.export import load_metadata, load_model
-from cnnlab.evaluation.leaderboard import Predictions, class_order, predict_dataset
+from cnnlab.deploy.export import load_metadata, load_model, model_name
+from cnnlab.evaluation.predictions import (
+    Predictions,
+    class_order,
+    predict_dataset,
+    split_predictions,
+)
 from cnnlab.files import atomic_path
 from cnnlab.plots import plot_confusion_matrix, plot_predictions
 
@@ -231,18 +235,26 @@ class Interpretation:
     @classmethod
     def from_model(cls, model: keras.Model | str | os.PathLike, split: pd.DataFrame,
                    class_names: list[str] | None = None, batch_size: int = 32,
-                   name: str | None = None, column_order=None) -> Interpretation:
+                   name: str | None = None, column_order=None,
+                   split_name: str | None = None) -> Interpretation:
         """Predicts a whole split once, at the model's own input size.
 
+        For a saved model and a ``split_name``, the predictions are those kept beside the
+        model (``models/<name>/predictions/<split_name>.npz``,
+        :func:`~cnnlab.evaluation.predictions.split_predictions`): computed on the first call,
+        read afterwards.
+
         Args:
-            model: A classifier taking ``(batch, h, w, 3)`` float32 in ``[0, 255]``, or the
-                path of one saved by ``export.save_model`` (class names from its sidecar).
+            model: A classifier taking ``(batch, h, w, 3)`` float32 in ``[0, 255]``, or a
+                model folder saved by ``export.save_model`` (class names from ``meta.json``).
             split: Rows with ``file`` and ``label_index`` (``Manifest.split("test")``).
             class_names: Names in index order (required for an in-memory model).
             batch_size: Images per prediction batch.
             name: Model name for titles (default: the sidecar's or the model's).
             column_order: The model's output columns in ``class_names`` order
                 (``leaderboard.class_order``); for a path it comes from the sidecar.
+            split_name: ``"val"`` or ``"test"``: read or write the saved predictions of a
+                saved model for that split.
 
         Raises:
             ValueError: If ``class_names`` is missing for an in-memory model, or the split
@@ -250,13 +262,15 @@ class Interpretation:
             evaluate.ClassMismatchError: If a saved model's sidecar lists other classes than
                 ``class_names``.
         """
+        saved = None
         if isinstance(model, (str, os.PathLike)):
+            saved = model
             meta = load_metadata(model)
             if class_names is not None and column_order is None:
                 column_order = class_order(meta.get("class_names"), class_names,
                                            display_path(model))
             class_names = class_names or meta.get("class_names")
-            name = name or meta.get("model", Path(model).stem)
+            name = name or meta.get("model", model_name(model))
             model = load_model(model)
         if not class_names:
             raise ValueError(f"pass class_names for {model.name} (names in label-index order)")
@@ -264,9 +278,13 @@ class Interpretation:
             raise ValueError(f"the split holds label index {split['label_index'].max()} but "
                              f"only {len(class_names)} class names were given")
         rows = split.reset_index(drop=True)
-        dataset = split_dataset(rows, int(model.input_shape[1]), batch_size)
-        return cls(model, rows, predict_dataset(model, dataset, class_names, column_order),
-                   name or model.name,
+        if saved is not None and split_name is not None:
+            predictions = split_predictions(saved, split_name, rows, class_names, batch_size,
+                                            model)
+        else:
+            dataset = split_dataset(rows, int(model.input_shape[1]), batch_size)
+            predictions = predict_dataset(model, dataset, class_names, column_order)
+        return cls(model, rows, predictions, name or model.name,
                    None if column_order is None else np.asarray(column_order, dtype=int))
 
     @property

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cnnlab.evaluation.leaderboard import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from cnnlab.evaluation.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 
 __all__ = ["METRICS", "regression_metrics", "metrics_table", "format_table"]
 
