@@ -229,16 +229,29 @@ def test_kaggle_download_prints_version_and_counts(monkeypatch, tmp_path, capsys
     assert "version 3" in out and "2 files, 1 images" in out
 
 
-def test_a_mistyped_dataset_name_is_not_silently_read_as_a_folder():
+def test_an_unknown_dataset_name_raises_with_the_registered_names():
     import warnings
 
-    from cnnlab.data.datasets import get_dataset_spec
+    from cnnlab.data.datasets import DATASETS, fetch_dataset, get_dataset_spec
 
-    with pytest.warns(UserWarning, match="did you mean 'cards'"):
-        assert get_dataset_spec("crads").name == "folder"
+    with pytest.raises(KeyError, match="unknown dataset 'crads'; did you mean 'cards'") as error:
+        get_dataset_spec("crads")
+    assert all(name in str(error.value) for name in DATASETS)
+    with pytest.raises(KeyError, match="choose one of rpc, cards"):
+        fetch_dataset("my_holiday_photos")  # no data_dir: not a folder of the user's
+    # The user's own folder: read as such, with a warning when the name is close to an entry.
     with pytest.warns(UserWarning, match="did you mean 'vehicles'"):
-        get_dataset_spec("vehicle")
+        assert get_dataset_spec("vehicle", own_folder=True).name == "folder"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a name far from every entry: no warning
-        assert get_dataset_spec("my_holiday_photos").name == "folder"
+        assert get_dataset_spec("my_holiday_photos", own_folder=True).name == "folder"
     assert get_dataset_spec("cards").hflip is False
+
+
+def test_the_cli_names_the_registered_datasets_for_an_unknown_one(project, capsys):
+    from cnnlab.cli import main
+
+    assert main(["manifest", "--dataset", "crads"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab manifest: unknown dataset 'crads'; did you mean 'cards'?")
+    assert "--data-dir" in err

@@ -23,6 +23,11 @@ from cnnlab.training.distribute import STRATEGIES
 from cnnlab.training.recipes import RECIPES
 
 
+def _message(error: Exception) -> str:
+    """An exception's message; a ``KeyError``'s without the quotes ``str`` adds."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
 def _csv(text: str | None):
     return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
@@ -163,9 +168,13 @@ def _manifest(args) -> int:
     from cnnlab.data.datasets import prepare_dataset
 
     rename = dict(pair.split("=", 1) for pair in _csv(args.rename) or [])
-    manifest = prepare_dataset(args.dataset, args.data_dir, seed=args.seed,
-                               classes=_csv(args.classes), rename=rename or None,
-                               split=args.split, size=args.size)
+    try:
+        manifest = prepare_dataset(args.dataset, args.data_dir, seed=args.seed,
+                                   classes=_csv(args.classes), rename=rename or None,
+                                   split=args.split, size=args.size)
+    except (KeyError, FileNotFoundError, ValueError) as error:
+        print(f"cnnlab manifest: {_message(error)}", file=sys.stderr)
+        return 2
     print(manifest.counts().to_string())
     print(f"{len(manifest.frame)} images; {len(manifest.excluded)} file(s) left out "
           f"(see data/{args.dataset}/validation.csv)")
@@ -251,10 +260,14 @@ def _train(args) -> int:
     # Create the strategy before any other TensorFlow work (multi-worker needs it first).
     strategy = distribute.make_strategy(args.strategy or profile.strategy)
     dirs = project_dirs()
-    if (dirs.data / args.dataset / "manifest.csv").is_file():
-        manifest = load_manifest(args.dataset, dirs)
-    else:
-        manifest = prepare_dataset(args.dataset, args.data_dir, dirs, seed=args.seed)
+    try:
+        if (dirs.data / args.dataset / "manifest.csv").is_file():
+            manifest = load_manifest(args.dataset, dirs)
+        else:
+            manifest = prepare_dataset(args.dataset, args.data_dir, dirs, seed=args.seed)
+    except (KeyError, FileNotFoundError, ValueError) as error:
+        print(f"cnnlab train: {_message(error)}", file=sys.stderr)
+        return 2
     if args.model in CUSTOM_MODELS:
         result = train_custom(args.model, manifest, profile, dirs, args.seed, strategy=strategy)
     elif args.model in BACKBONES:

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from cnnlab.config import ProjectDirs, display_path, project_dirs
+from cnnlab.data.images import IMAGE_SUFFIXES, write_converted
 from cnnlab.data.synthetic import make_sample_dataset
 from cnnlab.data.validate import (
-    IMAGE_SUFFIXES,
     SPLIT_ALIASES,
     SPLITS,
     ValidationReport,
@@ -32,7 +32,6 @@ from cnnlab.data.validate import (
     safe_extract,
     summarize,
     validate_folder,
-    write_converted,
 )
 from cnnlab.files import atomic_path, read_json, write_json
 
@@ -131,16 +130,23 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def get_dataset_spec(name: str) -> DatasetSpec:
-    """Returns the registry entry ``name``; other names are the user's own ``folder``.
+def get_dataset_spec(name: str, own_folder: bool = False) -> DatasetSpec:
+    """Returns the registry entry ``name``, or ``folder`` for the user's own dataset.
 
-    A name close to a registered one (``crads``) is still read as a folder (``cars`` may be
-    a user's own dataset), but never silently: a ``UserWarning`` names the registered entry,
-    whose settings (no horizontal flips for cards, the class selection of vehicles) do not
-    apply to a folder.
+    A name outside the registry is the user's own folder only when the caller has one
+    (``own_folder``: a ``data_dir`` was given, or the dataset already has a manifest).
+    Otherwise it is a mistake and raises with the registered names, so a mistyped ``crads``
+    never silently becomes an empty folder dataset. A folder name close to a registered one
+    gets a ``UserWarning`` naming that entry, whose settings (no horizontal flips for cards,
+    the class selection of vehicles) do not apply to a folder.
+
+    Args:
+        name: Dataset name.
+        own_folder: Whether ``name`` refers to the user's own folder of images.
 
     Raises:
-        KeyError: If ``name`` is empty.
+        KeyError: If ``name`` is empty, or unknown without ``own_folder``; the message lists
+            the registered names and suggests the closest one.
     """
     import difflib
     import warnings
@@ -150,6 +156,11 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     if name in DATASETS:
         return DATASETS[name]
     close = difflib.get_close_matches(name, list(DATASETS), n=1, cutoff=0.75)
+    if not own_folder:
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise KeyError(f"unknown dataset {name!r}; {hint}choose one of "
+                       f"{', '.join(DATASETS)}, or pass --data-dir (data_dir) to read your own "
+                       f"folder of class folders under that name")
     if close:
         warnings.warn(f"dataset {name!r} is not in the registry and is read as your own "
                       f"folder; did you mean {close[0]!r}? Its settings do not apply to a "
@@ -178,7 +189,7 @@ def fetch_dataset(
         RuntimeError: If the Kaggle download fails (the message says what to do).
     """
     dirs = dirs or project_dirs()
-    spec = get_dataset_spec(name)
+    spec = get_dataset_spec(name, own_folder=data_dir is not None)
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if root.is_file() and root.suffix.lower() == ".zip":
@@ -493,7 +504,7 @@ def build_manifest(
         ValueError: If no usable image is found, ``split`` is unknown, or a class has too few
             images (or groups) to split.
     """
-    spec = get_dataset_spec(dataset)
+    spec = get_dataset_spec(dataset, own_folder=True)  # ``root`` holds its images
     classes = spec.classes if classes is None else classes
     classes = None if classes is not None and list(classes) == ["all"] else classes
     rename = spec.rename if rename is None else rename
@@ -629,7 +640,7 @@ def prepare_dataset(
         The saved manifest.
     """
     dirs = dirs or project_dirs()
-    spec = get_dataset_spec(name)
+    spec = get_dataset_spec(name, own_folder=data_dir is not None)
     root = fetch_dataset(name, data_dir, dirs)
     out = dirs.data / name
     if spec.prepare:
