@@ -3,11 +3,12 @@
 :func:`train_mixed` reads the dataset and its split manifest, fits the preprocessor on the
 training rows, measures the baselines (the training median; scikit-learn's
 ``HistGradientBoostingRegressor`` on the same tabular columns), then trains each requested
-model of :data:`cnnlab.tabular.models.MIXED_MODELS` with MSE on the standardised log price,
-early stopping on the validation split. Each Keras model writes ``checkpoints/<dataset>-
-<model>/`` (``args.yaml``, ``history.csv``) and is saved as ``models/<dataset>-<model>.{keras,h5,
-json}``; the ``.h5`` file is reloaded and must reproduce the predictions. ``frozen_fusion`` is
-built from the reloaded ``mlp`` and ``transfer`` files. Metrics are computed once, on the
+model of :data:`cnnlab.tabular.registry.MIXED_MODELS` with MSE on the standardised log
+price, early stopping on the validation split. Each Keras model writes
+``checkpoints/<dataset>-<model>/`` (``args.yaml``, ``history.csv``) and is saved as the folder
+``models/<dataset>-<model>/`` (``model.keras``, ``model.h5``, ``meta.json``); the ``.h5``
+file is reloaded and must reproduce the predictions. ``frozen_fusion`` is built from the
+reloaded ``mlp`` and ``transfer`` files. Metrics are computed once, on the
 whole test split, with bootstrap intervals.
 """
 

@@ -18,6 +18,7 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
+from cnnlab.files import remove_stale_temporaries
 from cnnlab.models.transfer import find_backbone, fine_tune_boundary
 from cnnlab.training import distribute
 from cnnlab.training.fitting import (
@@ -184,7 +185,7 @@ def fine_tune(
         mixed_precision: Dtype policy while building the model (``training.precision``).
         jit_compile: XLA-compile the train steps.
         dirs: Project folders (default: ``config.project_dirs()``).
-        save: Save the final model to ``models/<dataset>-<name>.{keras,h5,json}``.
+        save: Save the final model to ``models/<dataset>-<name>/``.
         resume: Continue an interrupted run of the same configuration.
         run_config: Extra facts for ``args.yaml`` (e.g. the profile name).
         scratch_epochs: Epochs end to end without pretrained weights (see above).
@@ -268,6 +269,7 @@ def fine_tune(
     seconds = time.perf_counter() - start
     paths = {}
     if save and distribute.is_chief(strategy):
+        remove_stale_temporaries(dirs.models)  # of a process killed while saving
         paths = _save(model, dirs, data, name, seconds, label, run,
                       {"backbone": find_backbone(model).name,
                        "freeze_epochs": freeze_epochs if pretrained else 0})
