@@ -15,14 +15,14 @@ ARGS ?=
 # A local copy of the DeepLab TFLite models, if this checkout has ../shared beside it.
 export CNNLAB_DEEPLAB_DIR ?= $(abspath $(firstword $(wildcard ../shared/models/deeplab)))
 
-.PHONY: install run test test-colab test-fast lint bench clean
+.PHONY: install run test test-colab test-fast lint lab check-notebooks bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
-	$(BIN)/pip install -q -r requirements.txt -e ".[test]"
+	$(BIN)/pip install -q -r requirements.txt -e ".[test,lab]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -55,7 +55,17 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+
+# JupyterLab on notebooks/, with this environment registered as the kernel "cnnlab".
+lab: install
+	$(BIN)/python -m ipykernel install --user --name cnnlab --display-name "Python (cnnlab)"
+	$(BIN)/jupyter lab notebooks/
+
+# Fails if a committed notebook holds TensorFlow log lines, ../ or machine paths, is over
+# 1 MiB, or comes from another run than the others.
+check-notebooks: install
+	$(BIN)/python scripts/check_notebooks.py
 
 # BENCH_ARGS, e.g. --accuracy (adds the 15x200x20 course recipe, about 20 min on 2 cores).
 BENCH_ARGS ?=

@@ -2,12 +2,16 @@
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
 from cnnlab.cli import main
+from cnnlab.config import display_path
 from cnnlab.notebooks import NOTEBOOKS, run_notebooks
 
 
@@ -63,6 +67,9 @@ def test_all_seven_notebooks_run_on_sample_with_smoke_profile(project, offline_a
                    "07_predicted_vs_actual", "07_price_photos"):
         assert (report / "figures" / f"{figure}.png").is_file(), figure
     assert (report / "timings.csv").is_file()
+    from cnnlab.notebooks import check_notebooks
+
+    assert check_notebooks(sorted(report.glob("*.ipynb"))) == []
 
 
 @pytest.mark.slow
@@ -128,3 +135,89 @@ def test_startup_log_lines_are_stripped_and_other_stderr_kept():
     outputs = notebook.cells[0].outputs
     assert len(outputs) == 1
     assert outputs[0]["text"] == "UserWarning: a warning the reader must see\n"
+
+
+def _executed(path, run_id, outputs, injected="dataset = 'cards'\n"):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell(injected)
+    parameters.metadata["tags"] = ["injected-parameters"]
+    cell = nbformat.v4.new_code_cell("print('x')", execution_count=2)
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)
+                    for text in outputs]
+    notebook.cells = [parameters, cell]
+    notebook.metadata["papermill"] = {"parameters": {"run_id": run_id}}
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_check_notebooks_names_every_problem(tmp_path):
+    from cnnlab.notebooks import check_notebooks
+
+    clean = _executed(tmp_path / "01_a.ipynb", "run-1", ["test accuracy 0.81\n"])
+    assert check_notebooks([clean]) == []
+    noisy = _executed(tmp_path / "02_b.ipynb", "run-1", [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to "
+        "STDERR\n", "saved ../shared/x.png\n"], injected="data_dir = '../../shared/cards'\n")
+    other_run = _executed(tmp_path / "03_c.ipynb", "run-2", ["ok\n"])
+    big = _executed(tmp_path / "04_d.ipynb", "run-1", ["x" * (1024 * 1024 + 10)])
+    problems = check_notebooks([clean, noisy, other_run, big])
+    text = "\n".join(problems)
+    assert "02_b.ipynb: output of cell 2 contains 'absl::InitializeLog'" in text
+    assert "02_b.ipynb: output of cell 2 contains '../'" in text
+    assert "02_b.ipynb: injected parameters contains '../'" in text
+    assert "04_d.ipynb: 1.00 MiB, over 1 MiB" in text
+    assert "different runs (01_a.ipynb: run-1, 02_b.ipynb: run-1, 03_c.ipynb: run-2" in text
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_notebooks.py"
+    result = subprocess.run([sys.executable, str(script), str(clean), str(noisy)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "2 notebook(s) checked, 3 problem(s)" in result.stdout
+
+
+def test_paths_outside_the_checkout_reach_the_notebooks_through_links(project, tmp_path):
+    from cnnlab.notebooks import _portable_path
+
+    outside = tmp_path / "elsewhere" / "cards"
+    outside.mkdir(parents=True)
+    assert _portable_path("data_dir", outside, project.root) == "data/links/data_dir"
+    link = project.root / "data" / "links" / "data_dir"
+    assert link.is_symlink() and link.resolve() == outside.resolve()
+    assert display_path(link) == "./data/links/data_dir"  # the link, not the machine path
+    inside = project.data / "mine"
+    inside.mkdir(parents=True)
+    assert _portable_path("data_dir", inside, project.root) == "data/mine"
+    assert _portable_path("profile", "cpu", project.root) == "cpu"
+    (project.root / "data" / "links" / "weights_dir").mkdir()  # a real folder is not replaced
+    with pytest.raises(FileExistsError, match="is not a link"):
+        _portable_path("weights_dir", outside, project.root)
+
+
+def test_progress_lines_keep_one_line_per_model():
+    import logging
+
+    from cnnlab.notebooks import ProgressLines
+
+    record = logging.LogRecord("papermill", logging.INFO, __file__, 1,
+                               "Epoch 3/8\n27/27 - 13s - accuracy: 0.9\ntraining retail_cnn: "
+                               "3180 images at 64 px, 8 epochs\nmlp: 118 epochs in 28 s, val "
+                               "MAPE 28.1%", None, None)
+    assert ProgressLines().filter(record)
+    assert record.getMessage() == ("training retail_cnn: 3180 images at 64 px, 8 epochs\n"
+                                   "mlp: 118 epochs in 28 s, val MAPE 28.1%")
+    epochs_only = logging.LogRecord("papermill", logging.INFO, __file__, 1, "Epoch 1/2", None,
+                                    None)
+    assert not ProgressLines().filter(epochs_only)
+
+
+@pytest.mark.slow
+def test_a_run_prints_no_kernel_or_tensorflow_start_up_lines(project, capfd):
+    from cnnlab.startup_logs import keep_line
+
+    run_notebooks({"dataset": "sample", "profile": "smoke"}, run_id="quiet", only=["01"],
+                  dirs=project, log_output=False)
+    captured = capfd.readouterr()
+    noise = [line for line in (captured.out + captured.err).splitlines()
+             if not keep_line(line) or "TCP without encryption" in line]
+    assert noise == []
+    assert "[1/1] 01_download_eda.ipynb done in" in captured.out

@@ -66,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
                      "07's course comparison (default: skipped)")
     run.add_argument("--only", help="run only these notebooks, e.g. 01,02")
     run.add_argument("--run-id", help="report folder name under reports/")
-    run.add_argument("--quiet", action="store_true", help="do not stream notebook output")
+    run.add_argument("--quiet", action="store_true",
+                     help="one line per notebook only (default: also one per model)")
+    run.add_argument("--verbose", action="store_true",
+                     help="stream every line of the notebooks' output (epochs included)")
     run.add_argument("--strategy", choices=sorted(STRATEGIES),
                      help="tf.distribute strategy of notebooks 02/03 (default: the profile's)")
 
@@ -183,11 +186,13 @@ def _manifest(args) -> int:
 
 def _run(args) -> int:
     """``cnnlab run``: executes the notebooks in order."""
-    from cnnlab.notebooks import NotebookFailed, run_notebooks
+    from cnnlab.notebooks import NotebookFailed, ProgressLines, run_notebooks
 
     if not args.quiet:  # papermill streams cell outputs through its logger
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("    %(message)s"))
+        if not args.verbose:  # one line per model, not every epoch
+            handler.addFilter(ProgressLines())
         logger = logging.getLogger("papermill")
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -7,7 +7,9 @@ error and the path of the executed copy that shows where it failed.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -32,18 +34,113 @@ NOTEBOOKS = (
 PATH_VARIABLES = ("CNNLAB_DEEPLAB_DIR", "CNNLAB_WEIGHTS_DIR", "CNNLAB_ROOT",
                   "CNNLAB_HOUSES_DIR", "CNNLAB_AIRBNB_DIR")
 
+# Lines of the notebooks' output that `cnnlab run` shows by default: one per model trained
+# (what it starts from, or its result), so the console reads as a progress log.
+PROGRESS_LINES = re.compile(r"^(training \S+: |\S+: weights = |\S+: \d+ epochs in |"
+                            r"\S+: SHORT RUN |Best test )")
+
+
+class ProgressLines(logging.Filter):
+    """Keeps only :data:`PROGRESS_LINES` of the cell outputs papermill logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = [line for line in record.getMessage().splitlines()
+                 if PROGRESS_LINES.match(line)]
+        if not lines:
+            return False
+        record.msg, record.args = "\n".join(lines), ()
+        return True
+
+
 class NotebookFailed(RuntimeError):
     """A notebook raised; the message names it and the executed copy to open."""
 
 
-def _relative_to_notebooks(value, notebooks_dir: Path):
-    """Paths become relative to ``notebooks/`` so executed notebooks show no machine paths."""
+LINKS_FOLDER = Path("data") / "links"
+
+
+def _portable_path(key: str, value, root: Path):
+    """A path parameter as a path relative to the project root, with no ``../`` in it.
+
+    The kernels run in the project root. A folder inside the checkout is passed relative to
+    the root (``data/cards``); one outside it (``../shared/datasets/cards``) gets a symbolic
+    link ``data/links/<key>`` (``data/`` is git-ignored), which is what the notebook receives,
+    so executed notebooks show neither machine paths nor ``../``. Other values pass as they
+    are.
+
+    Raises:
+        FileExistsError: If ``data/links/<key>`` exists and is not a link of this project.
+    """
     if value is None or not isinstance(value, (str, os.PathLike)):
         return value
     path = Path(value).expanduser()
     if not path.exists():
         return str(value)
-    return os.path.relpath(path.resolve(), notebooks_dir)
+    path = path.resolve()
+    if path.is_relative_to(root.resolve()):
+        return path.relative_to(root.resolve()).as_posix()
+    link = root / LINKS_FOLDER / key
+    if link.is_symlink():
+        if link.resolve() == path:
+            return (LINKS_FOLDER / key).as_posix()
+        link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"{display_path(link)} is not a link; move it away so that "
+                              f"cnnlab run can link {key} there")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(path, target_is_directory=path.is_dir())
+    return (LINKS_FOLDER / key).as_posix()
+
+
+# What no committed notebook may contain (check_notebooks): TensorFlow's start-up lines and
+# paths that only exist on the machine that ran it.
+FORBIDDEN_OUTPUT = ("absl::InitializeLog", "oneDNN", "cuda drivers", "../", "/home/",
+                    "/Users/", "/content/drive", "/tmp/")
+MAX_NOTEBOOK_BYTES = 1024 * 1024
+
+
+def check_notebooks(paths) -> list[str]:
+    """Problems that keep executed notebooks from being committed; empty when there are none.
+
+    Checks, for each notebook: outputs and injected parameters free of
+    :data:`FORBIDDEN_OUTPUT` (TensorFlow start-up lines, ``../`` and machine paths), the file
+    under 1 MiB; and across them, one papermill run id (one coherent run).
+
+    Args:
+        paths: Executed ``.ipynb`` files (e.g. ``notebooks/*.ipynb``).
+
+    Returns:
+        One line per problem, naming the notebook and what was found.
+    """
+    import nbformat
+
+    problems, run_ids = [], {}
+    for path in map(Path, paths):
+        size = path.stat().st_size
+        if size > MAX_NOTEBOOK_BYTES:
+            problems.append(f"{path.name}: {size / 1048576:.2f} MiB, over 1 MiB (store photo "
+                            f"grids as JPEG, plots.jpeg_image)")
+        notebook = nbformat.read(path, as_version=4)
+        meta = notebook.metadata.get("papermill", {})
+        run_ids[path.name] = meta.get("parameters", {}).get("run_id")
+        texts = []
+        for cell in notebook.cells:
+            if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+                texts.append(("injected parameters", cell.source))
+            for output in cell.get("outputs", []):
+                text = output.get("text") or output.get("data", {}).get("text/plain", "")
+                texts.append((f"output of cell {cell.get('execution_count')}", str(text)))
+        for where, text in texts:
+            for needle in FORBIDDEN_OUTPUT:
+                if needle in text:
+                    line = next(x for x in text.splitlines() if needle in x)
+                    problems.append(f"{path.name}: {where} contains {needle!r}: "
+                                    f"{line.strip()[:120]}")
+    if len(set(run_ids.values())) > 1:
+        listed = ", ".join(f"{name}: {rid}" for name, rid in sorted(run_ids.items()))
+        problems.append(f"the notebooks come from different runs ({listed}); commit one "
+                        f"cnnlab run's notebooks")
+    return problems
 
 
 def strip_startup_logs(notebook) -> int:
@@ -95,7 +192,8 @@ def run_notebooks(
 
     Args:
         parameters: Values for the notebooks' ``parameters`` cells (dataset, profile, ...).
-            Values that are existing paths are passed relative to ``notebooks/``.
+            Values that are existing paths are passed relative to the project root, where
+            the kernels run (folders outside it through links in ``data/links/``).
         run_id: Name of the report folder (default: ``<dataset>-<profile>-<timestamp>``).
         only: Run only these notebooks (names or two-digit prefixes such as ``"01"``).
         dirs: Project folders.
@@ -108,7 +206,13 @@ def run_notebooks(
         NotebookFailed: At the first notebook that raises.
     """
     import papermill
+    from traitlets.config import Config
 
+    # IPC sockets between papermill and the kernel: nothing on the network, and no kernel
+    # warning about unencrypted TCP on every start (TCP stays the transport on Windows).
+    config = Config()
+    if os.name != "nt":
+        config.KernelManager.transport = "ipc"
     dirs = dirs or project_dirs()
     notebooks_dir = dirs.root / "notebooks"
     run_id = run_id or "-".join(
@@ -116,8 +220,8 @@ def run_notebooks(
          time.strftime("%Y%m%d-%H%M%S")])
     out_dir = dirs.reports / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {k: _relative_to_notebooks(v, notebooks_dir) for k, v in parameters.items()}
-    for name in PATH_VARIABLES:  # kernels run in notebooks/: relative paths would move
+    params = {k: _portable_path(k, v, dirs.root) for k, v in parameters.items()}
+    for name in PATH_VARIABLES:  # relative paths would depend on the kernel's folder
         if os.environ.get(name):
             os.environ[name] = str(Path(os.environ[name]).expanduser().resolve())
     params["run_id"] = run_id
@@ -132,8 +236,9 @@ def run_notebooks(
         start = time.perf_counter()
         try:
             papermill.execute_notebook(
-                str(source), str(target), parameters=params, cwd=str(notebooks_dir),
-                kernel_name="python3", log_output=log_output, progress_bar=False)
+                str(source), str(target), parameters=params, cwd=str(dirs.root),
+                kernel_name="python3", log_output=log_output, progress_bar=False,
+                config=config)
         except papermill.PapermillExecutionError as error:
             raise NotebookFailed(
                 f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
