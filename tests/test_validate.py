@@ -76,7 +76,7 @@ def _write_corpus(root):
     image("train/cat/gray_alpha.png", "mode", "LA")
     image("train/cat/bilevel.png", "mode", "1")
     image("train/cat/cmyk.jpg", "mode", "CMYK")
-    image("train/cat/animated.gif", "mode", "P")
+    image("train/cat/animated.gif", "format", "P")  # TensorFlow blacks out transparent pixels
     image("train/dog/16bit.png", "mode", "I;16")
     image("train/dog/bitmap.bmp", "", "RGB")
     image("train/dog/UPPER.JPG", "", "RGB", fmt="JPEG")
@@ -179,7 +179,7 @@ def test_class_level_findings(corpus):
     assert not any(label in ("horse", "fish") and problem == "class_missing_from_split"
                    for _, label, problem in found)
     summary = report.summary().set_index("problem")["count"]
-    assert summary["not_image"] == 5 and summary["mode"] == 8 and summary["ok"] > 15
+    assert summary["not_image"] == 5 and summary["mode"] == 7 and summary["ok"] > 15
 
 
 def test_manifest_uses_clean_and_converted_files_and_the_pipeline_reads_them(corpus, tmp_path):

@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from cnnlab.data.pipeline import load_image
+from cnnlab.data.images import load_image
 from cnnlab.files import atomic_path
 
 FIGURE_DPI = 80

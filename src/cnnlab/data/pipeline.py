@@ -9,6 +9,11 @@ libjpeg's DCT scaling when that still gives at least the output size (``dct_scal
 already at the output size are not resampled; and the decoded images are cached after the
 first epoch, so later epochs never decode a JPEG again (the course projects decoded full-size
 photos every epoch). No ``ImageDataGenerator``: it is deprecated and single-threaded.
+
+The decoding rules (which files are read as they are, the 16-bit and mode conversions, the
+libjpeg scale, the resize) are those of :mod:`cnnlab.data.images`; JPEGs are decoded with the
+accurate integer IDCT, so this decoder and :func:`cnnlab.data.images.read_image` (inference,
+Grad-CAM, segmentation) return the same array for every file a manifest lists.
 """
 
 from __future__ import annotations
@@ -22,11 +27,22 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from PIL import Image, ImageOps
+
+from cnnlab.data.images import (
+    DCT_RATIOS,
+    DECODER_VERSION,
+    jpeg_scale,
+    resize_square,
+    resize_uint8,
+)
+from cnnlab.data.images import load_image as load_image  # re-exported: callers import it here
 
 AUTOTUNE = tf.data.AUTOTUNE
 MEMORY_CACHE_LIMIT_BYTES = 4 * 1024**3
-DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg decodes at directly (tf.io.decode_jpeg ratio)
+# libjpeg's accurate integer IDCT, Pillow's default; TensorFlow's own default (INTEGER_FAST)
+# differs from it by up to 4 levels and is barely faster with libjpeg-turbo's SIMD (0.40 vs
+# 0.43 ms per 224-px card on this CPU; decoded once, then cached).
+DCT_METHOD = "INTEGER_ACCURATE"
 
 
 def _decode_jpeg_scaled(data: tf.Tensor, image_size: int, dct_scaling: float) -> tf.Tensor:
@@ -36,29 +52,20 @@ def _decode_jpeg_scaled(data: tf.Tensor, image_size: int, dct_scaling: float) ->
     # Index of the largest ratio r with shorter / r >= dct_scaling * image_size.
     index = tf.reduce_sum(tf.cast(shorter / larger_ratios >= dct_scaling * image_size, tf.int32))
     return tf.switch_case(index, [
-        (lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r)) for r in DCT_RATIOS])
-
-
-def resize_uint8(image: tf.Tensor, image_size: int, shrink: bool) -> tf.Tensor:
-    """Resizes a uint8 image to ``(image_size, image_size, 3)`` uint8.
-
-    Shrinking uses area averaging (a box filter: every source pixel counts, so there is no
-    aliasing, at 0.35 ms for 224 -> 128 px where antialiased bilinear takes 0.9 ms on this
-    CPU); enlarging uses bilinear interpolation.
-    """
-    out = tf.image.resize(image, (image_size, image_size), method="area" if shrink else "bilinear")
-    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+        (lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method=DCT_METHOD))
+        for r in DCT_RATIOS])
 
 
 def decode_resize(path: tf.Tensor, image_size: int, dct_scaling: float | None = 1.0) -> tf.Tensor:
     """Reads and decodes one image file (JPEG, PNG, BMP, GIF) and resizes it.
 
-    Grayscale, palette, RGBA, CMYK and 16-bit files become 8-bit RGB (alpha is dropped); EXIF
-    orientation is not applied here (validation writes upright copies of rotated photos). The
-    resize (:func:`resize_uint8`: area averaging when shrinking, bilinear when enlarging) does
-    not keep the aspect ratio
-    (as ``keras.utils.image_dataset_from_directory`` does by default); an image already at
-    the output size is returned as decoded.
+    Grayscale, palette, RGBA, CMYK and 16-bit files become 8-bit RGB (alpha is dropped, 16-bit
+    samples keep their high byte); EXIF orientation is not applied here (validation writes
+    upright copies of rotated photos, and of the files
+    :func:`cnnlab.data.images.decodes_as_is` rejects). The resize
+    (:func:`cnnlab.data.images.resize_square`: area averaging when shrinking, bilinear when
+    enlarging) does not keep the aspect ratio (as ``keras.utils.image_dataset_from_directory``
+    does by default); an image already at the output size is returned as decoded.
 
     Args:
         path: Scalar string tensor, the file path.
@@ -72,36 +79,16 @@ def decode_resize(path: tf.Tensor, image_size: int, dct_scaling: float | None = 
         ``(image_size, image_size, 3)`` uint8.
     """
     data = tf.io.read_file(path)
-    if dct_scaling:
-        image = tf.cond(
-            tf.io.is_jpeg(data),
-            lambda: _decode_jpeg_scaled(data, image_size, dct_scaling),
-            lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
-    else:
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+
+    def decode_jpeg() -> tf.Tensor:
+        if dct_scaling:
+            return _decode_jpeg_scaled(data, image_size, dct_scaling)
+        return tf.io.decode_jpeg(data, channels=3, dct_method=DCT_METHOD)
+
+    image = tf.cond(tf.io.is_jpeg(data), decode_jpeg,
+                    lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
     image.set_shape([None, None, 3])  # decode_image's rank is unknown while tracing
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-
-    image = tf.case([
-        (tf.logical_and(tf.equal(height, image_size), tf.equal(width, image_size)),
-         lambda: image),
-        (tf.logical_or(height > image_size, width > image_size),
-         lambda: resize_uint8(image, image_size, shrink=True)),
-    ], default=lambda: resize_uint8(image, image_size, shrink=False), exclusive=False)
-    return tf.ensure_shape(image, (image_size, image_size, 3))
-
-
-def jpeg_scale(width: int, height: int, image_size: int, dct_scaling: float | None) -> int:
-    """The libjpeg scale denominator :func:`decode_resize` uses for a ``width x height`` JPEG.
-
-    Returns:
-        1, 2, 4 or 8: the largest ``r`` with ``min(width, height) / r >= dct_scaling *
-        image_size`` (1 when ``dct_scaling`` is None).
-    """
-    if not dct_scaling:
-        return 1
-    fits = [r for r in DCT_RATIOS if min(width, height) / r >= dct_scaling * image_size]
-    return max(fits, default=1)
+    return resize_square(image, image_size)
 
 
 def make_decoder(image_size: int, dct_scaling: float | None = 1.0,
@@ -132,7 +119,8 @@ def make_decoder(image_size: int, dct_scaling: float | None = 1.0,
     shrink = decoded[0] > image_size or decoded[1] > image_size
 
     def decode(path: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, ratio=ratio)
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, ratio=ratio,
+                                  dct_method=DCT_METHOD)
         if decoded != (image_size, image_size):
             image = resize_uint8(image, image_size, shrink)
         return tf.ensure_shape(image, (image_size, image_size, 3))
@@ -161,8 +149,13 @@ def augmentation_layers(hflip: bool = True, seed: int | None = None) -> keras.Se
 
 
 def cache_key(files: list[str], image_size: int) -> str:
-    """A short hash of the file list and image size, naming a disk cache."""
-    digest = hashlib.sha256("\n".join([str(image_size), *files]).encode()).hexdigest()
+    """A short hash of the file list, image size and decoder version, naming a disk cache.
+
+    :data:`cnnlab.data.images.DECODER_VERSION` is part of it, so a cache written under other
+    decoding rules is never read back as if it held today's pixels.
+    """
+    parts = [DECODER_VERSION, str(image_size), *files]
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     return f"{image_size}px-{digest[:16]}"
 
 
@@ -300,41 +293,3 @@ def split_dataset(
                         formats=list(rows["format"]) if known else None,
                         sizes=list(zip(rows["width"], rows["height"], strict=True))
                         if known else None)
-
-
-def load_image(path: str | os.PathLike, image_size: int | None = None) -> np.ndarray:
-    """Loads any image Pillow reads, as a deployed model receives it.
-
-    Honours the EXIF orientation of photos, converts every mode (grayscale, palette, RGBA,
-    CMYK, 16-bit) to 8-bit RGB, and optionally resizes like the training pipeline
-    (:func:`resize_uint8`, rounded to 8 bits).
-
-    Args:
-        path: Image file of any size and format Pillow supports (JPEG, PNG, WebP, TIFF, ...).
-        image_size: Output side in pixels, or None to keep the original size.
-
-    Returns:
-        ``(h, w, 3)`` float32 RGB in ``[0, 255]``.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a readable image; the message names it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float32)
-                image = Image.fromarray((array / max(array.max(), 1) * 255).astype(np.uint8))
-            rgb = image.convert("RGB")
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable image ({error}); use a JPEG, PNG, BMP, "
-                         f"GIF, WebP or TIFF file") from error
-    array = np.asarray(rgb, dtype=np.uint8)
-    if image_size is not None and array.shape[:2] != (image_size, image_size):
-        shrink = array.shape[0] > image_size or array.shape[1] > image_size
-        array = resize_uint8(tf.constant(array), image_size, shrink).numpy()
-    return array.astype(np.float32)

@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from cnnlab.config import display_path
+from cnnlab.data.images import to_rgb
 from cnnlab.files import atomic_path, write_text
 
 ANNOTATIONS = "instances_train2019.json"
@@ -138,7 +139,9 @@ def _prepare_one(source: Path, target: Path, bbox: list[float] | None, size: int
         image.draft("RGB", (size, size) if bbox is None else (
             max(1, int(size * full_w / max(bbox[2], bbox[3], 1))),) * 2)
         scale = image.size[0] / full_w
-        image = image.convert("RGB")
+        # Modes converted as on every path; no EXIF rotation here: the annotation's box is
+        # applied to the pixel grid as stored.
+        image = to_rgb(image)
         if bbox is not None:
             image = image.crop(square_crop([v * scale for v in bbox], *image.size))
         image = image.resize((size, size), Image.Resampling.LANCZOS)

@@ -10,10 +10,13 @@ between splits. Nothing raises on a bad file: each one gets a row in the report,
 manifest leaves out what cannot be used. ``cnnlab validate DATA_DIR`` prints the report;
 ``--fix`` moves the excluded files to a quarantine folder (never deletes).
 
-Files that are usable but odd are kept: grayscale, palette, RGBA, CMYK and 16-bit images are
-converted to 8-bit RGB by TensorFlow's decoder (``channels=3``); photos with an EXIF
-orientation, and formats TensorFlow cannot decode (WebP, TIFF, ...), get an upright RGB PNG copy
-under ``data/<dataset>/converted/`` (:func:`write_converted`) that the manifest points to.
+Files that are usable but odd are kept: grayscale, palette, RGBA, CMYK and 16-bit JPEGs and
+PNGs are converted to 8-bit RGB by TensorFlow's decoder (``channels=3``), which gives the
+array :func:`cnnlab.data.images.read_image` gives; photos with an EXIF orientation, and files
+TensorFlow does not decode as Pillow does (WebP, TIFF, GIF, palette BMP, ...; see
+:func:`cnnlab.data.images.decodes_as_is`), get an upright RGB PNG copy under
+``data/<dataset>/converted/`` (:func:`cnnlab.data.images.write_converted`) that the manifest
+points to.
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from cnnlab.config import display_path
+from cnnlab.data.images import EXIF_ORIENTATION as EXIF_ORIENTATION  # re-exported names
+from cnnlab.data.images import IMAGE_SUFFIXES, decodes_as_is, exif_orientation
+from cnnlab.data.images import TF_FORMATS as TF_FORMATS
+from cnnlab.data.images import write_converted as write_converted
 from cnnlab.files import atomic_path
 
-# Formats tf.io.decode_image reads (Pillow's names; MPO is the multi-picture JPEG of cameras).
-TF_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP"})
-# Suffixes scanned as images; others are reported as "not an image".
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
     "val": "val", "valid": "val", "validation": "val",
@@ -45,8 +48,6 @@ SPLIT_ALIASES = {
 }
 SPLITS = ("train", "val", "test")
 QUARANTINE = ".quarantine"
-# EXIF tag 0x0112 (Orientation), values 2-8 need a flip or rotation (EXIF 2.32, section 4.6.4).
-EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def inspect_file(path: Path) -> dict:
         with Image.open(path) as image:
             record.update(width=image.width, height=image.height, mode=image.mode,
                           format=image.format or "")
-            record["orientation"] = int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+            record["orientation"] = exif_orientation(image)
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
@@ -150,9 +151,10 @@ def inspect_file(path: Path) -> dict:
         code = "truncated" if re.search(r"truncat|premature|end of", text, re.I) else \
             "undecodable"
         return {**record, "problem": code, "detail": text or type(error).__name__}
-    if record["format"] not in TF_FORMATS:
+    if not decodes_as_is(record["format"], record["mode"]):
+        kind = record["format"] if record["format"] != "BMP" else f"{record['mode']} BMP"
         return {**record, "problem": "format",
-                "detail": f"{record['format']} is not decoded by TensorFlow"}
+                "detail": f"{kind} is not decoded by TensorFlow as Pillow decodes it"}
     if record["orientation"] not in (0, 1):
         return {**record, "problem": "exif_rotated",
                 "detail": f"EXIF orientation {record['orientation']}"}
@@ -421,27 +423,6 @@ def _mark_unknown_classes(files: pd.DataFrame) -> None:
     files.loc[unknown, ["problem", "action"]] = ["class_not_in_train", "excluded"]
     files.loc[unknown, "detail"] = [f"class {label!r} has no train images"
                                     for label in files.loc[unknown, "label"]]
-
-
-def write_converted(source: Path, target: Path) -> Path:
-    """Writes an upright 8-bit RGB PNG copy of ``source`` (EXIF orientation applied).
-
-    Args:
-        source: An image Pillow reads (any mode, any format).
-        target: The PNG to write (atomically); parent folders are created.
-
-    Returns:
-        ``target``.
-    """
-    with Image.open(source) as image:
-        upright = ImageOps.exif_transpose(image)
-        if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
-            upright = upright.point(lambda v: v / 256).convert("L")
-        rgb = upright.convert("RGB")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        rgb.save(tmp, format="PNG")
-    return target
 
 
 def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cnnlab.data.pipeline import load_image
+from cnnlab.data.images import load_image, read_image
 from cnnlab.deploy.export import (
     MODEL_FILES,
     list_models,
@@ -77,8 +77,10 @@ def demo_images(rows: pd.DataFrame, out_dir: str | os.PathLike, count: int = 4,
                 seed: int = 0) -> list[Path]:
     """Copies test images into the shapes a deployed model meets, as new files.
 
-    Each picked image is written in another form: a 3x larger PNG, a grayscale JPEG, an RGBA
-    PNG, and a WebP turned 90 degrees with an EXIF orientation tag that undoes the turn.
+    Each picked image is read as training reads it (:func:`cnnlab.data.images.read_image`:
+    upright, 8-bit RGB, so a 16-bit or rotated source comes out right) and written in another
+    form: a 3x larger PNG, a grayscale JPEG, an RGBA PNG, and a WebP turned 90 degrees with an
+    EXIF orientation tag that undoes the turn.
 
     Args:
         rows: Split rows with a ``file`` column.
@@ -96,7 +98,7 @@ def demo_images(rows: pd.DataFrame, out_dir: str | os.PathLike, count: int = 4,
     picks = rows.sample(min(count, len(rows)), random_state=seed)["file"].tolist()
     written = []
     for index, source in enumerate(picks):
-        image = Image.open(source).convert("RGB")
+        image = Image.fromarray(read_image(source))
         stem = f"new_{index + 1}_{Path(source).parent.name.replace(' ', '_')}"
         form = index % 4
         if form == 0:

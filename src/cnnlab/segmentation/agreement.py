@@ -8,14 +8,12 @@ the vehicles dataset's ``car``/``bus``/``truck``/``motorcycle`` to VOC's ``car``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from PIL import Image
 
+from cnnlab.data.images import read_image as read_image  # the one decode, re-exported here
 from cnnlab.segmentation.deeplab import Segmenter, dominant_class
 from cnnlab.segmentation.overlays import plot_segmentation
 
@@ -42,21 +40,6 @@ VOC_CLASS_MAPS: dict[str, dict[str, tuple[str, ...]]] = {
 # profile that tests run; None: every image (1,200 vehicle photos take about 20 s with the
 # float model and 60 s with the uint8 one on 2 CPU cores).
 AGREEMENT_IMAGES: dict[str, int | None] = {"smoke": 24, "cpu": None, "gpu": None}
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as ``(H, W, 3)`` uint8 RGB (EXIF orientation applied).
-
-    Raises:
-        ValueError: If Pillow cannot read it; the message names the file.
-    """
-    from PIL import ImageOps
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable image ({error})") from error
 
 
 def agreement_table(

@@ -32,13 +32,13 @@ from keras import layers
 from matplotlib.figure import Figure
 from PIL import Image
 
+from cnnlab.data.images import IMAGE_SUFFIXES, decode_image, resize_square
 from cnnlab.models.backbones import WeightsChoice, get_backbone_spec, resolve_weights
 from cnnlab.models.transfer import SCRATCH_BN_MOMENTUM, BackbonePreprocessing, build_backbone
 from cnnlab.segmentation.deeplab import Segmenter
 from cnnlab.segmentation.iou import per_class_iou
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
@@ -172,10 +172,14 @@ def count_classes(pairs: pd.DataFrame) -> int:
 
 
 def _decode_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    # Pillow through cnnlab.data.images (EXIF orientation, 16-bit rule, WebP/TIFF/GIF), then
+    # the shared resize in the graph: read_image's pixels, as classification reads the file.
+    def decode(name: bytes) -> np.ndarray:
+        return decode_image(name.decode(), image_size)
+
+    image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
     image.set_shape([None, None, 3])
-    image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    return tf.cast(resize_square(image, image_size), tf.float32)
 
 
 def _decode_mask(path: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -195,9 +199,10 @@ def mask_dataset(pairs: pd.DataFrame, image_size: int, batch_size: int = 16,
                  training: bool = False, seed: int = 0) -> tf.data.Dataset:
     """A tf.data pipeline of ``(image, mask)`` batches.
 
-    Images are resized bilinearly with antialiasing, masks with nearest neighbour so they
-    keep class indices; training batches are shuffled and flipped left-right (image and
-    mask together).
+    Images are read as on every path (:func:`cnnlab.data.images.read_image`: EXIF orientation,
+    any mode to 8-bit RGB, area averaging when shrinking), masks are resized with nearest
+    neighbour so they keep class indices; training batches are shuffled and flipped
+    left-right (image and mask together).
 
     Returns:
         Batches of ``(batch, s, s, 3)`` float32 in ``[0, 255]`` and ``(batch, s, s)`` int32.

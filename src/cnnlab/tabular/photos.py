@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.config import ProjectDirs, display_path, project_dirs
-from cnnlab.data.pipeline import cache_key, load_image
+from cnnlab.data.images import load_image
+from cnnlab.data.pipeline import cache_key
 from cnnlab.files import atomic_path
 from cnnlab.tabular.columns import TabularData
 
