@@ -57,3 +57,26 @@ def test_pretrained_backbone_is_frozen_and_runs_in_inference_mode(shared_dir):
     features = keras.Model(model.input, model.get_layer("pool").output)
     np.testing.assert_allclose(features(x, training=True), features(x, training=False),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_layer_table_shows_shapes_parameters_and_what_trains():
+    from cnnlab.models.custom import build_custom_model
+    from cnnlab.models.summary import layer_table
+    from cnnlab.models.transfer import build_transfer_model, find_backbone
+
+    cnn = build_custom_model("vehicles_cnn_bn", 64, 4)
+    table = layer_table(cnn)
+    assert table.iloc[-1]["params"] == cnn.count_params()
+    conv = table[table["type"] == "Conv2D"].iloc[0]
+    assert conv["output shape"] == "(batch, 64, 64, 32)" and conv["params"] == 3 * 3 * 3 * 32
+    bn = table[table["type"] == "BatchNormalization"].iloc[0]
+    assert bn["trains"] == "yes" and bn["trainable params"] == 2 * 32  # not the statistics
+    assert table.iloc[-2]["output shape"] == "(batch, 4)"
+    model = build_transfer_model("mobilenet_v3_small_075", 4, 64)
+    find_backbone(model).trainable = False
+    frozen = layer_table(model)
+    backbone = frozen[frozen["layer"] == find_backbone(model).name].iloc[0]
+    assert backbone["trains"] == "no" and "frozen" in backbone["type"]
+    assert backbone["trainable params"] == 0 < backbone["params"]
+    assert frozen.iloc[-1]["trainable params"] == sum(
+        int(np.prod(w.shape)) for w in model.trainable_weights)

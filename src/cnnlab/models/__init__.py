@@ -8,6 +8,7 @@ use (see ``cnnlab._exports``).
 from cnnlab._exports import lazy_exports
 
 _EXPORTS = {
+    "layer_table": "summary",
     "KINDS": "architecture",
     "output_shapes_provided": "architecture",
     "layered_view": "architecture",
