@@ -187,3 +187,31 @@ def test_invalid_kind_and_unbuilt_model(models):
         plot_architecture(models["sequential"], kind="pie")
     with pytest.raises(ValueError, match="not built"):
         layered_view(keras.Sequential([layers.Dense(2)]))
+
+
+@pytest.mark.parametrize("kind", ["layered", "table"])
+def test_transfer_diagram_draws_the_backbone_as_one_labelled_block(models, kind):
+    model = models["transfer"]
+    backbone = model.layers[1]
+    params = f"{backbone.count_params():,}"
+    fig = plot_architecture(model, kind=kind)
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert f"backbone {backbone.name} ({params} params)" in title
+    assert "head " + " → ".join(layer.name for layer in model.layers[2:]) in title
+    if kind == "layered":
+        labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        blocks = [label for label in labels if label.startswith("backbone")]
+        assert blocks == [f"backbone {backbone.name} (frozen): {params} params, "
+                          f"output 2×2×432"]
+        assert "Functional" not in labels  # not a bare type name
+        assert {"GlobalAveragePooling2D", "Dense"} <= set(labels)  # then the head's layers
+    else:
+        cells = [cell.get_text().get_text() for cell in fig.axes[0].tables[0].get_celld().values()]
+        assert "backbone (Functional)" in cells and backbone.name in cells
+
+
+def test_flat_model_legend_names_its_layer_types(models):
+    fig = plot_architecture(models["functional"], kind="layered")
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert labels == ["InputLayer", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense"]
+    assert fig._suptitle.get_text() == "custom_cnn"

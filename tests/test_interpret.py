@@ -209,3 +209,58 @@ def test_gradcam_explains_the_split_class_when_the_model_orders_classes_differen
     _, predicted = interp.gradcam(np.arange(3))
     columns = order[interp.predictions.y_pred[:3]]
     np.testing.assert_allclose(predicted, gradcam_heatmaps(model, images, columns), atol=1e-6)
+
+
+def _interpretation_of(pairs: dict[tuple[int, int], int], classes: int = 53,
+                       correct: int = 4) -> Interpretation:
+    """Made-up predictions: ``correct`` right per class, ``pairs[(true, predicted)]`` wrong.
+
+    There is no model: only the Interpretation's figures are asked for.
+    """
+    from cnnlab.evaluation.predictions import Predictions
+
+    y_true = [c for c in range(classes) for _ in range(correct)]
+    y_pred = list(y_true)
+    for (true, predicted), count in pairs.items():
+        y_true += [true] * count
+        y_pred += [predicted] * count
+    probs = np.eye(classes, dtype=np.float32)[y_pred] * 0.9 + 0.1 / classes
+    names = [f"class {i:02d}" for i in range(classes)]
+    rows = pd.DataFrame({"file": [f"{i}.jpg" for i in range(len(y_true))],
+                         "label_index": y_true})
+    return Interpretation(None, rows, Predictions(np.asarray(y_true), probs, names), "made-up")
+
+
+def test_53_class_confusion_matrix_is_legible():
+    from readable import assert_readable
+
+    interp = _interpretation_of({(1, 2): 3, (5, 9): 2})
+    for normalize in (None, "true"):
+        fig = interp.plot_confusion_matrix(normalize)
+        ax = fig.axes[0]
+        assert len(ax.get_xticklabels()) == len(ax.get_yticklabels()) == 53
+        assert min(t.get_fontsize() for t in ax.get_xticklabels() + ax.get_yticklabels()) >= 7
+        assert_readable(fig, f"normalize={normalize}")
+
+
+def test_confused_block_holds_the_most_confused_pairs():
+    from readable import assert_readable
+
+    # Six strong confusions among 11 classes, then one-off mistakes spread over the others.
+    strong = {(3, 4): 9, (4, 3): 7, (10, 11): 6, (20, 21): 5, (30, 31): 4, (40, 52): 3,
+              (50, 30): 3}
+    weak = {(i, i + 1): 1 for i in range(12, 19)}
+    interp = _interpretation_of({**strong, **weak})
+    fig = interp.plot_confused_block(k=12)
+    assert_readable(fig, "confused block")
+    ax = fig.axes[0]
+    shown = [t.get_text() for t in ax.get_yticklabels()]
+    assert [t.get_text() for t in ax.get_xticklabels()] == shown
+    assert len(shown) == 12 and "12 most confused of 53" in ax.get_title()
+    written = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+               for t in ax.texts}
+    top = interp.most_confused().head(len(strong))
+    for _, pair in top.iterrows():  # every strong pair, both classes, its count written
+        assert pair["true"] in shown and pair["predicted"] in shown
+        cell = (shown.index(pair["true"]), shown.index(pair["predicted"]))
+        assert written[cell] == str(pair["count"])

@@ -1,6 +1,9 @@
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
+from readable import assert_readable
 
 from cnnlab import plots
 from cnnlab.data.datasets import build_manifest
@@ -16,7 +19,7 @@ def test_every_plot_returns_a_figure(sample_root, tmp_path):
         plots.plot_class_counts(manifest.counts()),
         plots.plot_class_samples(rows, per_class=1),
         plots.plot_history(history, "x", stage_boundary=1),
-        plots.plot_histories({"a": history, "b": history}),
+        plots.plot_histories({"a": history, "b": history}, x="epoch"),
         plots.plot_confusion_matrix(np.eye(4, dtype=int) * 3, manifest.classes),
         plots.plot_confusion_matrix(np.eye(53), [str(i) for i in range(53)], normalized=True),
         plots.plot_predictions(rows, y_pred, manifest.classes, k=4),
@@ -41,3 +44,107 @@ def test_jpeg_image_is_a_small_jpeg_of_the_figure():
     image = jpeg_image(fig)
     assert image.data[:3] == b"\xff\xd8\xff" and image.format == "jpeg"
     assert not plt.fignum_exists(fig.number)  # closed: not shown again as PNG
+
+
+def _history(seconds, accuracy=None):
+    n = len(seconds)
+    accuracy = np.linspace(0.2, 0.8, n) if accuracy is None else accuracy
+    return pd.DataFrame({"epoch": range(n), "accuracy": accuracy, "loss": 1 - accuracy,
+                         "val_accuracy": accuracy - 0.05, "val_loss": 1.1 - accuracy,
+                         "seconds": seconds})
+
+
+def test_every_figure_is_titled_with_labelled_axes(sample_root):
+    from types import SimpleNamespace
+
+    from cnnlab.evaluation.leaderboard import plot_accuracy_vs_latency
+    from cnnlab.segmentation.training import plot_miou_history
+    from cnnlab.tabular import plots as tabular_plots
+
+    plt.close("all")
+    manifest = build_manifest(sample_root, "sample")
+    rows = manifest.split("test")
+    history = _history([1.0, 1.2, 1.1])
+    miou = pd.DataFrame({"epoch": [0, 1], "mIoU": [.2, .4], "val_mIoU": [.1, .3],
+                         "loss": [1, .8], "val_loss": [1.1, .9]})
+    lr = SimpleNamespace(learning_rates=np.logspace(-5, -1, 20), losses=np.linspace(2, 1, 20),
+                         raw_losses=np.linspace(2, 1, 20), suggestion=1e-3, has_descent=True,
+                         diverged=False)
+    board = pd.DataFrame({"model": ["a", "b"], "accuracy": [.8, .9], "accuracy CI low": [.7, .85],
+                          "accuracy CI high": [.85, .95], "ms/image (batch 1)": [3.0, 9.0],
+                          "test images": [100, 100], "latency device": ["2 CPU cores"] * 2})
+    truth = np.random.default_rng(0).uniform(100, 900, 12)
+    predicted = {"cnn": truth * 1.1, "median": truth * 0.8 + 100}
+    intervals = pd.DataFrame({"MAPE %": [10.0, 20], "MAPE % low": [8.0, 15],
+                              "MAPE % high": [12.0, 25]}, index=["cnn", "median"])
+    photos = {room: np.zeros((12, 8, 8, 3), np.uint8) for room in ("kitchen", "bath")}
+    counts = np.eye(6, dtype=int) * 5
+    counts[0, 1] = counts[2, 3] = 2
+    figures = {
+        "class counts": plots.plot_class_counts(manifest.counts()),
+        "class samples": plots.plot_class_samples(rows, per_class=1),
+        "history": plots.plot_history(history),
+        "histories": plots.plot_histories({"a": history, "b": history}),
+        "histories per epoch": plots.plot_histories({"a": history}, x="epoch"),
+        "confusion": plots.plot_confusion_matrix(counts, [f"c{i}" for i in range(6)]),
+        "confused block": plots.plot_confused_block(counts, [f"c{i}" for i in range(6)]),
+        "predictions": plots.plot_predictions(rows, np.zeros(len(rows), int), manifest.classes,
+                                              k=4),
+        "top-k": plots.plot_top_k([np.zeros((8, 8, 3))], pd.DataFrame(
+            {"file": ["f"], "rank": [1], "class": ["a"], "probability": [0.7]})),
+        "lr find": plots.plot_lr_find(lr),
+        "accuracy vs latency": plot_accuracy_vs_latency(board),
+        "mIoU history": plot_miou_history(miou),
+        "predicted vs actual": tabular_plots.plot_predicted_vs_actual(truth, predicted),
+        "residuals": tabular_plots.plot_residuals(truth, predicted),
+        "price photos": tabular_plots.plot_price_photos(
+            pd.DataFrame({"price": truth}), photos, truth, count=1),
+        "loss curves": tabular_plots.plot_loss_curves({"cnn": history}),
+        "metric intervals": tabular_plots.plot_metric_intervals(intervals),
+    }
+    for name, fig in figures.items():
+        assert_readable(fig, name)
+    plt.close("all")
+
+
+def test_53_class_confusion_matrix_labels_stay_legible():
+    names = [f"class name {i:02d}" for i in range(53)]
+    fig = plots.plot_confusion_matrix(np.eye(53), names, normalized=True)
+    ax = fig.axes[0]
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        assert [t.get_text() for t in labels] == names  # every class labelled
+        assert min(t.get_fontsize() for t in labels) >= 7
+    assert_readable(fig, "53 classes")
+    fig.canvas.draw()
+    row_points = ax.get_window_extent().height / fig.dpi * 72 / 53
+    assert row_points >= 1.3 * ax.get_yticklabels()[0].get_fontsize()  # labels do not overlap
+
+
+def test_histories_against_wall_clock_seconds_mark_the_stage_boundary():
+    # Stage 1 on cached features takes 0.3 s an epoch, stage 2 and scratch training minutes.
+    transfer = _history([0.3, 0.3, 0.3, 95.0, 96.0])
+    scratch = _history([181.0, 180.0, 182.0])
+    fig = plots.plot_histories({"transfer": transfer, "scratch": scratch},
+                               stage_boundaries={"transfer": 3, "scratch": None})
+    assert_readable(fig, "histories")
+    ax = fig.axes[0]
+    curves = {line.get_label(): line for line in ax.get_lines() if not
+              line.get_label().startswith("_")}
+    for name, history in (("transfer", transfer), ("scratch", scratch)):
+        xs = np.asarray(curves[name].get_xdata(), float)
+        assert xs.max() == pytest.approx(history["seconds"].sum())
+        np.testing.assert_allclose(xs, history["seconds"].cumsum())
+    assert ax.get_xlim()[1] >= scratch["seconds"].sum()
+    assert "seconds" in ax.get_xlabel()
+    boundaries = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert boundaries == [pytest.approx(0.9)]  # after the three 0.3 s epochs
+    assert "fine-tuning starts" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+    by_epoch = plots.plot_histories({"transfer": transfer}, x="epoch",
+                                    stage_boundaries={"transfer": 3}).axes[0]
+    assert by_epoch.get_lines()[0].get_xdata().max() == 5 and by_epoch.get_xlabel() == "epoch"
+    with pytest.warns(UserWarning, match="no 'seconds' column"):
+        old = plots.plot_histories({"old": transfer.drop(columns="seconds")}).axes[0]
+    assert old.get_xlabel() == "epoch"
+    with pytest.raises(ValueError, match="wall clock"):
+        plots.plot_histories({"a": transfer}, x="minutes")

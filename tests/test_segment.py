@@ -33,7 +33,13 @@ from cnnlab.segmentation.deeplab import (
     dominant_class,
 )
 from cnnlab.segmentation.iou import mean_iou, per_class_iou, segmentation_confusion
-from cnnlab.segmentation.overlays import colorize_mask, overlay, plot_segmentation, voc_colormap
+from cnnlab.segmentation.overlays import (
+    class_palette,
+    colorize_mask,
+    overlay,
+    plot_segmentation,
+    voc_colormap,
+)
 
 CAR = VOC_CLASSES.index("car")
 # The first car photos in sorted order; measured: 7 of 8 have car as dominant class with
@@ -297,6 +303,89 @@ def test_plot_segmentation_returns_figure() -> None:
         plot_segmentation(images, masks[:1])
 
 
+def _min_distance(colours) -> float:
+    """Smallest RGB distance (0-255 scale) between any two of ``colours``."""
+    array = np.asarray(list(colours), dtype=float)
+    return min(np.linalg.norm(a - b) for i, a in enumerate(array) for b in array[i + 1:])
+
+
+# Vehicle classes side by side: bus (6) and motorbike (14) are 64 apart in the VOC colour map.
+VEHICLES = {"bus": 6, "car": 7, "motorbike": 14, "person": 15}
+
+
+def _vehicle_mask() -> np.ndarray:
+    mask = np.zeros((20, 50), np.uint8)
+    for column, index in enumerate(VEHICLES.values()):
+        mask[:, 10 * (column + 1):10 * (column + 2)] = index
+    return mask
+
+
+def test_classes_present_get_distinct_colours_named_in_the_legend() -> None:
+    from readable import assert_readable
+
+    assert _min_distance(voc_colormap()[list(VEHICLES.values())]) < 70  # why: VOC's are close
+    mask = _vehicle_mask()
+    fig = plot_segmentation([np.full((20, 50, 3), 120, np.uint8)], [mask])
+    assert_readable(fig, "segmentation")
+    legend = fig.legends[0]
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["background", *VEHICLES]
+    colours = {label: np.asarray(h.get_facecolor()[:3]) * 255
+               for label, h in zip(labels, legend.legend_handles)}
+    assert _min_distance(colours.values()) >= 100
+    painted = fig.axes[1].images[0].get_array()  # the mask panel, in the legend's colours
+    for column, name in enumerate(VEHICLES):
+        np.testing.assert_allclose(painted[0, 10 * (column + 1)], colours[name], atol=1)
+    many = class_palette(range(11))  # background and ten classes
+    assert len(many) == 11 and _min_distance(many.values()) >= 60
+
+
+def test_overlay_title_names_the_backend(tmp_path: Path) -> None:
+    mask = _vehicle_mask()
+    image = np.full((20, 50, 3), 90, np.uint8)
+    fig = plot_segmentation([image], [mask], backend="DeepLabV3 TFLite 257 px float")
+    assert "DeepLabV3 TFLite 257 px float" in fig._suptitle.get_text()
+
+    class Fixed(Segmenter):
+        name = "fixed-backend"
+        class_names = VOC_CLASSES
+
+        def predict_mask(self, image):
+            return mask
+
+    file = tmp_path / "bus.png"
+    Image.fromarray(image).save(file)
+    table = pd.DataFrame({"label": ["bus"], "file": [str(file)], "largest segment": ["car"],
+                          "agrees": [False]})
+    failures = plot_agreement_failures(Fixed(), table, k=1)
+    assert Fixed().description == "fixed-backend"
+    assert "fixed-backend" in failures._suptitle.get_text()
+
+
+def test_predictions_beside_ground_truth() -> None:
+    from readable import assert_readable
+
+    truth = _vehicle_mask()
+    predicted = truth.copy()
+    predicted[:, 10:20] = VEHICLES["car"]  # the bus taken for a car: 10 of 50 columns wrong
+    truth[0, :5] = 255  # ignored pixels are not counted
+    image = np.full((20, 50, 3), 60, np.uint8)
+    fig = plot_segmentation([image, image], [predicted, np.where(truth == 255, 0, truth)],
+                            titles=["a", "b"], ground_truth=[truth, truth],
+                            backend="DeepLabV3+ (test)")
+    assert_readable(fig, "ground truth")
+    assert len(fig.axes) == 6
+    titles = [ax.get_title() for ax in fig.axes[:3]]
+    assert titles[0] == "a: input" and titles[1] == "ground truth"
+    assert titles[2].startswith("prediction (80% of pixels")
+    assert "input | ground truth | prediction" in fig._suptitle.get_text()
+    truth_panel, predicted_panel = (ax.images[0].get_array() for ax in fig.axes[1:3])
+    np.testing.assert_array_equal(predicted_panel[5, 15], truth_panel[5, 25])  # car, one colour
+    assert not np.array_equal(predicted_panel[5, 15], truth_panel[5, 15])  # bus is not car
+    with pytest.raises(ValueError, match="ground_truth\\[0\\] has shape"):
+        plot_segmentation([image], [predicted], ground_truth=[truth[:10]])
+
+
 # --------------------------------------------------------------------------- Segmenter, IoU
 
 
@@ -306,6 +395,10 @@ def test_both_deeplab_backends_are_segmenters(deeplab_dir: Path) -> None:
         seg = DeepLabSegmenter(name, deeplab_dir)
         assert isinstance(seg, Segmenter) and seg.name == name
         assert tuple(seg.class_names) == VOC_CLASSES
+        spec = DEEPLAB_MODELS[name]  # the description names size and input kind
+        assert f"DeepLabV3 TFLite {spec.input_size} px {spec.input_kind}" in seg.description
+    assert "257 px float" in DeepLabSegmenter("deeplabv3_257_float", deeplab_dir).description
+    assert "513 px uint8" in DeepLabSegmenter("deeplabv3_513_quant", deeplab_dir).description
     with pytest.raises(TypeError):
         Segmenter()  # abstract: a backend must implement predict_mask
 

@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+from collections.abc import Iterable, Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from cnnlab.data.images import load_image
 from cnnlab.files import atomic_path
 
 FIGURE_DPI = 80
+
+# Tick labels of a confusion matrix: the figure grows with the class count instead.
+MATRIX_LABEL_PT = 8
+# Words for the metric columns of history.csv, for axis labels.
+_METRIC_WORDS = {"accuracy": "training accuracy", "loss": "training loss",
+                 "val_accuracy": "validation accuracy", "val_loss": "validation loss"}
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = FIGURE_DPI) -> None:
@@ -38,7 +47,7 @@ def plot_class_counts(counts: pd.DataFrame, title: str = "Images per class") -> 
     fig, ax = plt.subplots(figsize=(8, min(height, 14)))
     counts.iloc[::-1].plot.barh(ax=ax, width=0.8)
     ax.set_xlabel("images")
-    ax.set_ylabel("")
+    ax.set_ylabel("class")
     ax.set_title(title)
     ax.tick_params(axis="y", labelsize=7 if len(counts) > 20 else 9)
     fig.tight_layout()
@@ -55,7 +64,7 @@ def _grid(n: int, cols: int, size: float = 1.6):
 
 def plot_class_samples(rows: pd.DataFrame, per_class: int = 1, max_classes: int = 60,
                        cols: int = 10, seed: int = 0, title: str = "") -> Figure:
-    """A grid of ``per_class`` random images of every class, titled with the class.
+    """A grid of ``per_class`` random images of every class, each titled with its class.
 
     Args:
         rows: Manifest rows with ``file`` and ``label`` columns.
@@ -63,7 +72,7 @@ def plot_class_samples(rows: pd.DataFrame, per_class: int = 1, max_classes: int 
         max_classes: At most this many classes are shown.
         cols: Grid columns.
         seed: Sampling seed.
-        title: Figure title.
+        title: Figure title (default: how many images of how many classes).
     """
     picks = rows.sample(frac=1, random_state=seed).groupby("label").head(per_class)
     picks = picks.sort_values("label")
@@ -72,8 +81,9 @@ def plot_class_samples(rows: pd.DataFrame, per_class: int = 1, max_classes: int 
     for ax, (_, row) in zip(axes, picks.iterrows()):
         ax.imshow(load_image(row["file"]).astype(np.uint8))
         ax.set_title(str(row["label"])[:18], fontsize=7)
-    if title:
-        fig.suptitle(title)
+    classes = picks["label"].nunique()
+    fig.suptitle(title or f"{per_class} random image{'s' * (per_class > 1)} of each of "
+                          f"{classes} classes")
     fig.tight_layout()
     return fig
 
@@ -85,7 +95,7 @@ def plot_history(history: pd.DataFrame, title: str = "", stage_boundary: int | N
     Args:
         history: Rows per epoch with ``epoch``, ``accuracy``, ``loss``, ``val_accuracy``,
             ``val_loss`` (as written by ``keras.callbacks.CSVLogger``).
-        title: Figure title.
+        title: Figure title (default: ``"accuracy and loss per epoch"``).
         stage_boundary: Epoch where fine-tuning started, drawn as a dashed line.
     """
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -100,43 +110,211 @@ def plot_history(history: pd.DataFrame, title: str = "", stage_boundary: int | N
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title or "accuracy and loss per epoch")
     fig.tight_layout()
     return fig
 
 
-def plot_histories(histories: dict[str, pd.DataFrame], metric: str = "val_accuracy") -> Figure:
-    """One curve per model of ``metric`` against epoch, to compare runs."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+def plot_histories(histories: Mapping[str, pd.DataFrame], metric: str = "val_accuracy",
+                   x: str = "seconds", stage_boundaries: Mapping[str, int | None] | None = None,
+                   title: str = "", log_x: bool = False) -> Figure:
+    """One curve per model of ``metric`` against training time (or epoch), to compare runs.
+
+    Epochs cost very different amounts: a frozen-backbone epoch on cached features takes a
+    fraction of a second, a backbone trained from scratch minutes. Against wall-clock seconds
+    (the cumulative ``seconds`` column that ``cnnlab.training`` writes to every
+    ``history.csv``, one value per epoch) the curves compare what each model reached for the
+    time spent; each point sits at the end of its epoch.
+
+    Args:
+        histories: ``{label: history.csv}`` with ``epoch``, ``metric`` and, for
+            ``x="seconds"``, ``seconds``.
+        metric: Column to plot.
+        x: ``"seconds"`` (cumulative wall-clock training time) or ``"epoch"``. A history
+            without ``seconds`` (a run older than the column) turns the figure to epochs,
+            with a warning.
+        stage_boundaries: ``{label: epochs of stage 1}`` (``TrainingResult.stage_boundary``);
+            where fine-tuning starts is drawn as a dashed line in the run's colour.
+        title: Figure title (default: the metric against the x axis).
+        log_x: Log-scale x axis (spreads the short runs when one run is far longer).
+
+    Returns:
+        The Figure, one line per run.
+
+    Raises:
+        ValueError: If ``x`` is neither ``"seconds"`` nor ``"epoch"``.
+    """
+    if x not in ("seconds", "epoch"):
+        raise ValueError(f"x={x!r}; choose 'seconds' (wall clock) or 'epoch'")
+    without = [name for name, history in histories.items() if "seconds" not in history]
+    if x == "seconds" and without:
+        warnings.warn(f"{', '.join(without)}: history.csv has no 'seconds' column; plotting "
+                      f"against epochs (retrain to record the time per epoch)", stacklevel=2)
+        x = "epoch"
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    marked = False
     for name, history in histories.items():
-        ax.plot(history["epoch"] + 1, history[metric], "o-", label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        xs = (history["seconds"].cumsum() if x == "seconds" else history["epoch"] + 1)
+        (line,) = ax.plot(xs.to_numpy(), history[metric].to_numpy(), "o-", ms=3, label=name)
+        boundary = (stage_boundaries or {}).get(name)
+        if boundary and 0 < boundary < len(history):
+            at = float(xs.iloc[boundary - 1]) if x == "seconds" else boundary + 0.5
+            ax.axvline(at, ls="--", lw=1, c=line.get_color(), alpha=0.8)
+            marked = True
+    handles = ax.get_legend_handles_labels()[0]
+    if marked:
+        handles.append(Line2D([], [], ls="--", lw=1, c="grey", label="fine-tuning starts"))
+    if log_x:
+        ax.set_xscale("log")
+    scale = " (log scale)" if log_x else ""
+    words = _METRIC_WORDS.get(metric, metric)
+    ax.set_xlabel(f"training time, wall-clock seconds{scale}" if x == "seconds"
+                  else f"epoch{scale}")
+    ax.set_ylabel(words)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(handles=handles, fontsize=8)
+    ax.set_title(title or (f"{words} against training time" if x == "seconds"
+                           else f"{words} per epoch"))
     fig.tight_layout()
     return fig
+
+
+def _matrix_side(n: int) -> float:
+    """Inches of a confusion matrix's side: room for ``n`` labels at ``MATRIX_LABEL_PT``."""
+    if n <= 20:  # annotated cells
+        return max(4.0, 0.32 * n + 2)
+    return 0.2 * n + 2.5  # 0.2 in = 14 pt per row for 8 pt labels
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str = "",
                           normalized: bool = False) -> Figure:
     """Seaborn heatmap of a confusion matrix (rows true, columns predicted).
 
-    Annotations are drawn up to 20 classes; beyond that the colours carry it and the tick
-    labels shrink so 53 classes stay readable.
+    Annotations are drawn up to 20 classes; beyond that the colours carry it. Every class is
+    labelled at ``MATRIX_LABEL_PT`` (8 pt) or more: the figure grows with the class count
+    (about 13 inches at 53 classes). :func:`plot_confused_block` enlarges the classes that
+    are mistaken for each other most.
+
+    Args:
+        matrix: ``(classes, classes)`` counts, or shares when ``normalized``.
+        class_names: Names in index order.
+        title: Figure title (default: what the cells hold).
+        normalized: Cells are row shares in ``[0, 1]`` (two decimals) rather than counts.
     """
     n = len(class_names)
-    side = min(14, max(4, 0.24 * n + 2))
+    side = _matrix_side(n)
     fig, ax = plt.subplots(figsize=(side + 1, side))
     sns.heatmap(matrix, ax=ax, cmap="Blues", square=True, annot=n <= 20,
                 fmt=".2f" if normalized else "d", xticklabels=class_names,
-                yticklabels=class_names, cbar_kws={"shrink": 0.6},
+                yticklabels=class_names,
+                cbar_kws={"shrink": 0.6,
+                          "label": "share of the true class" if normalized else "images"},
                 vmin=0, vmax=1 if normalized else None)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.tick_params(labelsize=6 if n > 20 else 9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.tick_params(labelsize=9 if n <= 20 else MATRIX_LABEL_PT)
     ax.set_title(title or ("row-normalised confusion matrix" if normalized else
                            "confusion matrix (counts)"))
+    fig.tight_layout()
+    return fig
+
+
+def confused_classes(matrix: np.ndarray, k: int = 12,
+                     pairs: Iterable[tuple[int, int]] | None = None) -> np.ndarray:
+    """The classes of the most frequent confusions: at most ``k``, in class-index order.
+
+    Pairs (true, predicted) of different classes are taken most frequent first; a pair joins
+    when both its classes fit in the ``k``, so every pair taken is wholly inside the block.
+    Places left are filled with the classes of most off-diagonal images (as true or as
+    predicted class) not yet in.
+
+    Args:
+        matrix: ``(classes, classes)`` counts (rows true, columns predicted).
+        k: Most classes returned.
+        pairs: Pairs of class indices in priority order (e.g. from
+            ``Interpretation.most_confused``); default: by count, then true, then predicted
+            index.
+
+    Returns:
+        ``(m,)`` int class indices, ``m <= k``; empty when nothing is confused.
+    """
+    counts = np.asarray(matrix, dtype=float).copy()
+    np.fill_diagonal(counts, 0)
+    if pairs is None:
+        true_idx, pred_idx = np.nonzero(counts > 0)
+        order = np.lexsort((pred_idx, true_idx, -counts[true_idx, pred_idx]))
+        pairs = zip(true_idx[order], pred_idx[order])
+    chosen: list[int] = []
+    for true, pred in pairs:
+        new = [c for c in dict.fromkeys((int(true), int(pred))) if c not in chosen]
+        if len(chosen) + len(new) <= k:
+            chosen += new
+        if len(chosen) >= k:
+            break
+    mass = counts.sum(axis=0) + counts.sum(axis=1)
+    for index in np.argsort(-mass, kind="stable"):
+        if len(chosen) >= k or mass[index] == 0:
+            break
+        if int(index) not in chosen:
+            chosen.append(int(index))
+    return np.array(sorted(chosen), dtype=int)
+
+
+def plot_confused_block(matrix: np.ndarray, class_names: list[str], k: int = 12,
+                        classes: Iterable[int] | None = None, title: str = "") -> Figure:
+    """The most-confused block of a confusion matrix, enlarged, its counts written out.
+
+    Off-diagonal cells are coloured by count (the mistakes); the diagonal (correct) is grey
+    with its count, so the mistakes are not drowned out by it. Row totals leave out the
+    predictions of classes outside the block.
+
+    Args:
+        matrix: ``(classes, classes)`` counts (rows true, columns predicted).
+        class_names: Names in index order.
+        k: Most classes shown (:func:`confused_classes`).
+        classes: Class indices to show instead (in this order).
+        title: Figure title (default: how many classes of how many, and the images).
+
+    Returns:
+        The Figure: a ``(m, m)`` annotated heatmap, ``m <= k``. When nothing is confused,
+        the first ``k`` classes are shown and the title says so.
+    """
+    counts = np.asarray(matrix)
+    n = len(class_names)
+    block = np.asarray(list(classes) if classes is not None else confused_classes(counts, k),
+                       dtype=int)
+    none_confused = len(block) == 0
+    if none_confused:
+        block = np.arange(min(k, n))
+    part = counts[np.ix_(block, block)]
+    off = part.astype(float)
+    np.fill_diagonal(off, np.nan)
+    m = len(block)
+    side = max(4.0, 0.55 * m + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    cmap = plt.get_cmap("Reds").with_extremes(bad="#e0e0e0")  # bad: the diagonal
+    peak = np.nanmax(off) if m > 1 and np.isfinite(off).any() else 1.0
+    image = ax.imshow(np.ma.masked_invalid(off), cmap=cmap, vmin=0, vmax=max(peak, 1))
+    for i in range(m):
+        for j in range(m):
+            value = part[i, j]
+            if value == 0:
+                continue
+            dark = i != j and value > 0.6 * peak
+            ax.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black",
+                    fontweight="bold" if i != j else "normal")
+    names = [class_names[c] for c in block]
+    ax.set_xticks(range(m), names, rotation=90, fontsize=9)
+    ax.set_yticks(range(m), names, fontsize=9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, shrink=0.6, label="images (off-diagonal; diagonal in grey)")
+    if not title:
+        what = "no image is misclassified" if none_confused else \
+            f"the {m} most confused of {n} classes"
+        title = f"{what}, counts of {int(counts.sum())} images"
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 
@@ -154,7 +332,7 @@ def plot_predictions(rows: pd.DataFrame, y_pred: np.ndarray, class_names: list[s
         k: Images shown.
         cols: Grid columns.
         seed: Sampling seed.
-        title: Figure title.
+        title: Figure title (default: how many images, and how many right).
     """
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(rows), size=min(k, len(rows)), replace=False)
@@ -165,8 +343,9 @@ def plot_predictions(rows: pd.DataFrame, y_pred: np.ndarray, class_names: list[s
         p = f" {probs[i, pred]:.2f}" if probs is not None else ""
         ax.set_title(f"true: {class_names[true][:16]}\npred: {class_names[pred][:16]}{p}",
                      fontsize=7, color="green" if true == pred else "red")
-    if title:
-        fig.suptitle(title)
+    right = int((rows["label_index"].to_numpy()[picks] == np.asarray(y_pred)[picks]).sum())
+    fig.suptitle(title or f"{len(picks)} random images: true / predicted class, "
+                          f"{right} right (green)")
     fig.tight_layout()
     return fig
 
@@ -177,7 +356,7 @@ def plot_top_k(images: list[np.ndarray], table: pd.DataFrame, title: str = "") -
     Args:
         images: ``(h, w, 3)`` float32 RGB in ``[0, 255]``, one per file, in ``table`` order.
         table: Rows ``file, rank, class, probability`` (``Classifier.predict_files``).
-        title: Figure title.
+        title: Figure title (default: ``"top-k predicted classes"``).
     """
     files = list(dict.fromkeys(table["file"]))
     fig, axes = plt.subplots(len(files), 2, figsize=(7, 2.2 * len(files)), squeeze=False,
@@ -190,9 +369,9 @@ def plot_top_k(images: list[np.ndarray], table: pd.DataFrame, title: str = "") -
         ax_bar.barh(top["class"], top["probability"], color="tab:blue")
         ax_bar.set_xlim(0, 1)
         ax_bar.set_xlabel("probability")
+        ax_bar.set_ylabel("class")
         ax_bar.tick_params(labelsize=8)
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title or f"top-{table['rank'].max()} predicted classes")
     fig.tight_layout()
     return fig
 

@@ -41,7 +41,12 @@ from cnnlab.evaluation.predictions import (
     split_predictions,
 )
 from cnnlab.files import atomic_path
-from cnnlab.plots import plot_confusion_matrix, plot_predictions
+from cnnlab.plots import (
+    confused_classes,
+    plot_confused_block,
+    plot_confusion_matrix,
+    plot_predictions,
+)
 
 
 def _chain_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -307,13 +312,35 @@ class Interpretation:
     def plot_confusion_matrix(self, normalize: str | None = "true") -> Figure:
         """Heatmap of the confusion matrix (counts, or row-normalised by default).
 
-        Readable at 53 classes: cells carry colour only above 20 classes, tick labels shrink.
+        Readable at 53 classes: cells carry colour only above 20 classes, and the figure grows
+        with the class count so that every class is labelled at 8 pt;
+        :meth:`plot_confused_block` enlarges the classes mistaken for each other most.
         """
         n = len(self.rows)
         kind = "counts" if normalize is None else f"normalised over {normalize}"
         return plot_confusion_matrix(self.confusion_matrix(normalize), self.class_names,
                                      f"{self.name}: confusion matrix ({kind}), {n} images",
                                      normalized=normalize is not None)
+
+    def plot_confused_block(self, k: int = 12) -> Figure:
+        """The confusion matrix of the ``k`` most confused classes, enlarged, with counts.
+
+        The classes are those of :meth:`most_confused`'s pairs, taken in its order while both
+        classes of a pair fit (``plots.confused_classes``), shown in class order.
+
+        Args:
+            k: Most classes shown.
+        """
+        index = {name: i for i, name in enumerate(self.class_names)}
+        confused = self.most_confused()
+        pairs = zip(confused["true"].map(index), confused["predicted"].map(index))
+        counts = self.confusion_matrix()
+        block = confused_classes(counts, k, pairs)
+        title = (f"{self.name}: the {len(block)} most confused of {len(self.class_names)} "
+                 f"classes, counts of {len(self.rows)} images" if len(block) else
+                 f"{self.name}: no image of {len(self.rows)} is misclassified")
+        return plot_confused_block(counts, self.class_names, k,
+                                   classes=block if len(block) else None, title=title)
 
     def most_confused(self, min_count: int = 1) -> pd.DataFrame:
         """Pairs (true, predicted) of different classes, most frequent first.

@@ -10,7 +10,10 @@ afterwards.
 Public API:
 
 * :func:`layered_view` - ``visualkeras.layered_view`` that works on Keras 3.
-* :func:`plot_architecture` - a matplotlib ``Figure`` with a layered, graph or table view.
+* :func:`plot_architecture` - a matplotlib ``Figure`` with a layered, graph or table view. A
+  nested backbone (``models.build_transfer_model``) is one block labelled with its name,
+  parameter count and output shape, followed by the head's layers; a legend drawn by
+  matplotlib names every block type.
 * :func:`summary_frame` - per-layer summary (name, type, output shape, params, trainable).
 * :func:`output_shapes_provided` - the context manager behind :func:`layered_view`.
 """
@@ -23,6 +26,7 @@ import inspect
 import os
 import shutil
 import tempfile
+import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from PIL import Image
+from matplotlib.patches import Patch
+from PIL import Image, ImageFont
 
 __all__ = [
     "KINDS",
@@ -59,6 +64,11 @@ _LAYERED_DEFAULTS: dict[str, Any] = {
     "max_z": 160,
     "spacing": 12,
 }
+# visualkeras' own colour wheel, given to it per layer type so that the matplotlib legend
+# shows the colours the boxes were drawn in.
+_BOX_COLOURS = ("#ffd166", "#ef476f", "#118ab2", "#073b4c", "#842da1", "#ffbad4", "#fe9775",
+                "#83d483", "#06d6a0", "#0cb0a9")
+_BLOCK_FONT_PX = 14
 
 
 # Output shapes                                                                                  #
@@ -244,6 +254,46 @@ def _count_params(layer: Any) -> int:
         return 0
 
 
+def _is_nested_model(layer: Any) -> bool:
+    """Whether a top-level layer is itself a model (a backbone), drawn as one block."""
+    return isinstance(getattr(layer, "layers", None), list)
+
+
+def _nested_models(model: Any) -> list[Any]:
+    return [layer for layer in getattr(model, "layers", []) if _is_nested_model(layer)]
+
+
+def _block_shape(shape: Any, times: str = "×") -> str:
+    """``(None, 2, 2, 432)`` -> ``"2×2×432"`` (the batch axis left out)."""
+    if not isinstance(shape, tuple) or not shape:
+        return _format_shape(shape)
+    return times.join("?" if d is None else str(d) for d in shape[1:]) or "scalar"
+
+
+def _backbone_label(layer: Any, node_ids: set[int] | None, lines: bool = False) -> str:
+    """``"backbone <name>: <params> params, output <h×w×c>"`` of a nested model.
+
+    ``lines``: one line per fact, in ASCII (the label over the block, in PIL's font).
+    """
+    name = f"backbone {layer.name}" + ("" if getattr(layer, "trainable", True) else " (frozen)")
+    params = f"{_count_params(layer):,} params"
+    shape = _block_shape(_layer_output_shape(layer, node_ids), "x" if lines else "×")
+    shape = f"output {shape}"
+    return f"{name}\n{params}\n{shape}" if lines else f"{name}: {params}, {shape}"
+
+
+def _default_title(model: Any) -> str:
+    """The model's name, and for a transfer model its backbone and head layers."""
+    name = str(getattr(model, "name", "model"))
+    nested = _nested_models(model)
+    if not nested:
+        return name
+    layers = list(model.layers)
+    head = [layer.name for layer in layers[layers.index(nested[-1]) + 1:]]
+    backbones = " + ".join(f"{b.name} ({_count_params(b):,} params)" for b in nested)
+    return f"{name}: backbone {backbones}" + (f", head {' → '.join(head)}" if head else "")
+
+
 def summary_frame(model: Any) -> pd.DataFrame:
     """Per-layer summary of the top level of ``model`` (nested models are one row).
 
@@ -282,10 +332,11 @@ def _param_totals(model: Any) -> tuple[int, int]:
 
 def _table_figure(model: Any, dpi: int, title: str, max_rows: int = 40) -> Figure:
     frame = summary_frame(model)
+    nested = {layer.name for layer in _nested_models(model)}
     rows = [
         [
             _truncate(r.layer, 32),
-            _truncate(r.type, 24),
+            _truncate(f"backbone ({r.type})" if r.layer in nested else r.type, 24),
             _truncate(r.output_shape, 28),
             f"{r.params:,}",
             "yes" if r.trainable else "no",
@@ -317,9 +368,15 @@ def _table_figure(model: Any, dpi: int, title: str, max_rows: int = 40) -> Figur
         if row == 0:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("#e8e8e8")
-    fig.suptitle(title, fontsize=11, y=1 - 0.12 / fig.get_figheight(), va="top")
+    fig.suptitle(_wrap(title, 10.0), fontsize=11, y=1 - 0.12 / fig.get_figheight(), va="top")
     fig.text(0.02, 0.1 / fig.get_figheight(), footer, fontsize=9, va="bottom")
     return fig
+
+
+def _wrap(title: str, width_in: float, points: float = 11) -> str:
+    """``title`` broken into lines that fit ``width_in`` inches at ``points`` pt."""
+    return "\n".join(textwrap.wrap(title, max(20, int(width_in * 72 / (0.55 * points))))) \
+        or title
 
 
 def _truncate(text: str, width: int) -> str:
@@ -330,27 +387,65 @@ def _truncate(text: str, width: int) -> str:
 
 
 def _image_figure(
-    image: Image.Image, dpi: int, title: str, max_w: float = 12.0, max_h: float = 8.0
+    image: Image.Image, dpi: int, title: str, max_w: float = 12.0, max_h: float = 8.0,
+    legend: list[tuple[str, str]] | None = None,
 ) -> Figure:
-    """Put a PIL image into a Figure (axis off) no larger than ``max_w`` x ``max_h`` inches."""
+    """Put a PIL image into a Figure (axis off) no larger than ``max_w`` x ``max_h`` inches.
+
+    ``legend``: ``(label, colour)`` entries drawn by matplotlib below the image.
+    """
     width, height = image.size
     scale = min(1.0, max_w / (width / dpi), max_h / (height / dpi))
-    title_h = 0.35
-    fig_w = max(width / dpi * scale, 3.0)
-    fig_h = height / dpi * scale + title_h
+    fig_w = max(width / dpi * scale, 6.0 if legend else 3.0)
+    wrapped = _wrap(title, fig_w)
+    title_h = 0.3 + 0.2 * wrapped.count("\n")
+    ncol = 1 if legend and any(label.startswith("backbone") for label, _ in legend) else 3
+    legend_h = 0.25 * -(-len(legend) // ncol) + 0.15 if legend else 0.0
+    fig_h = height / dpi * scale + title_h + legend_h
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
-    ax = fig.add_axes((0.0, 0.0, 1.0, 1 - title_h / fig_h))
+    ax = fig.add_axes((0.0, legend_h / fig_h, 1.0, 1 - (title_h + legend_h) / fig_h))
     ax.imshow(np.asarray(image.convert("RGBA")), interpolation="antialiased")
     ax.set_axis_off()
-    fig.suptitle(title, fontsize=11, y=1 - 0.05 / fig_h, va="top")
+    fig.suptitle(wrapped, fontsize=11, y=1 - 0.05 / fig_h, va="top")
+    if legend:
+        handles = [Patch(facecolor=colour, edgecolor="black", linewidth=0.5, label=label)
+                   for label, colour in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=min(ncol, len(handles)),
+                   fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return fig
 
 
 def _layered_figure(
     model: Any, dpi: int, title: str, layered_kwargs: Mapping[str, Any] | None
 ) -> Figure:
+    """visualkeras boxes; a nested backbone one box labelled with its name, parameters and
+    output shape; the legend (one entry per layer type, the backbone by name) in matplotlib.
+    """
     kwargs = {**_LAYERED_DEFAULTS, **(layered_kwargs or {})}
-    return _image_figure(layered_view(model, **kwargs), dpi, title)
+    want_legend = bool(kwargs.pop("legend", False))
+    layers, node_ids = _layers_and_graph(model)
+    colours = dict(kwargs.pop("color_map", None) or {})
+    for layer in layers:
+        if type(layer) not in colours:
+            colours[type(layer)] = {"fill": _BOX_COLOURS[len(colours) % len(_BOX_COLOURS)],
+                                    "outline": "black"}
+    legend: list[tuple[str, str]] = []
+    for layer in layers:  # one entry per type, one per backbone
+        fill = colours[type(layer)].get("fill", "#cccccc")
+        if _is_nested_model(layer):
+            legend.append((_backbone_label(layer, node_ids), fill))
+        elif type(layer).__name__ not in (label for label, _ in legend):
+            legend.append((type(layer).__name__, fill))
+    if _nested_models(model) and "text_callable" not in kwargs:
+        def label(_index: int, layer: Any) -> tuple[str, bool]:
+            if not _is_nested_model(layer):
+                return "", True
+            return _backbone_label(layer, node_ids, lines=True), True
+
+        kwargs["text_callable"] = label
+        kwargs.setdefault("font", ImageFont.load_default(size=_BLOCK_FONT_PX))
+    image = layered_view(model, legend=False, color_map=colours, **kwargs)
+    return _image_figure(image, dpi, title, legend=legend if want_legend else None)
 
 
 def _graph_figure(model: Any, dpi: int, title: str) -> Figure:
@@ -410,7 +505,8 @@ def plot_architecture(
 
     Args:
         model: A built Keras 3 model (``Sequential`` or functional; nested models such as a
-            ``keras.applications`` backbone are drawn as one layer).
+            ``keras.applications`` backbone are drawn as one block labelled ``backbone
+            <name>``, with its parameter count and output shape).
         path: Optional file name; the figure is written there as PNG (via a temporary file in
             the same folder that is then renamed). Parent folders are created.
         kind: ``"layered"`` (visualkeras boxes with a legend), ``"graph"``
@@ -419,7 +515,8 @@ def plot_architecture(
             ``"auto"`` (tries layered, then graph, then table, and prints which view was used
             and why the earlier ones failed).
         dpi: Resolution of the figure and of the saved PNG.
-        title: Figure title; defaults to the model name.
+        title: Figure title; defaults to the model name (with the backbone and the head's
+            layers for a transfer model).
         layered_kwargs: Extra keyword arguments for :func:`layered_view` (override this
             function's defaults: legend, balanced sizing, modest box sizes).
 
@@ -435,7 +532,7 @@ def plot_architecture(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    title = title if title is not None else str(getattr(model, "name", "model"))
+    title = title if title is not None else _default_title(model)
     builders = {
         "layered": lambda: _layered_figure(model, dpi, title, layered_kwargs),
         "graph": lambda: _graph_figure(model, dpi, title),

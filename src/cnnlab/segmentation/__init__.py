@@ -26,6 +26,7 @@ _EXPORTS = {
     "segmentation_confusion": "iou",
     "per_class_iou": "iou",
     "mean_iou": "iou",
+    "class_palette": "overlays",
     "voc_colormap": "overlays",
     "colorize_mask": "overlays",
     "overlay": "overlays",

@@ -138,4 +138,7 @@ def plot_agreement_failures(segmenter: Segmenter, table: pd.DataFrame, k: int = 
     images = [read_image(f) for f in picks["file"]]
     masks = segmenter.predict_masks(images)
     titles = [f"{row['label']} → {row['largest segment']}" for _, row in picks.iterrows()]
-    return plot_segmentation(images, masks, titles, class_names=segmenter.class_names)
+    return plot_segmentation(images, masks, titles, class_names=segmenter.class_names,
+                             backend=segmenter.description,
+                             title=f"{segmenter.description}: largest segment disagrees "
+                                   f"with the label ({len(picks)} of {len(failures)})")

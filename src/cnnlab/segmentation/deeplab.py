@@ -278,6 +278,11 @@ class Segmenter(abc.ABC):
     name: str
     class_names: Sequence[str]
 
+    @property
+    def description(self) -> str:
+        """The backend in words, for figure titles (here: its ``name``)."""
+        return self.name
+
     @abc.abstractmethod
     def predict_mask(self, image: Any) -> np.ndarray:
         """Segments one ``(H, W, 3)`` RGB image (uint8 or float in ``[0, 255]``).
@@ -345,6 +350,12 @@ class DeepLabSegmenter(Segmenter):
     def input_size(self) -> int:
         """Side of the model's square input, in pixels."""
         return self.spec.input_size
+
+    @property
+    def description(self) -> str:
+        """E.g. ``"DeepLabV3 TFLite 257 px float (deeplabv3_257_float)"``."""
+        return (f"DeepLabV3 TFLite {self.spec.input_size} px {self.spec.input_kind} "
+                f"({self.spec.name})")
 
     def __repr__(self) -> str:
         return f"DeepLabSegmenter(name={self.spec.name!r}, path={str(self.model_path)!r})"

@@ -1,8 +1,9 @@
-"""Segmentation figures: the PASCAL VOC colour map, coloured masks and overlays."""
+"""Segmentation figures: class colours, coloured masks and overlays, predictions beside
+ground truth."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -41,11 +42,60 @@ def voc_colormap(num_classes: int = 21) -> np.ndarray:
     return colormap.astype(np.uint8)
 
 
-def colorize_mask(mask: np.ndarray) -> np.ndarray:
-    """Paint a class-index mask with the VOC colours.
+# The ignore label of VOC ground truth keeps the devkit's colour in every palette.
+IGNORE_COLOUR = (224, 224, 192)
+
+
+def class_palette(classes: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+    """Distinct colours for the classes a figure shows.
+
+    The VOC colour map gives some classes that matter here nearly the same colour (bus 6 =
+    (0, 128, 128), motorbike 14 = (64, 128, 128)); a qualitative palette spread over only the
+    classes present keeps every pair apart. Background (0) is black, the ignore label (255)
+    keeps its VOC colour, the other classes take matplotlib's ``tab10`` colours in class
+    order (``tab20``, dark shades first, from 11 classes; evenly spaced hues beyond 20).
+
+    Args:
+        classes: Class indices present (any order, repeats allowed).
+
+    Returns:
+        ``{class index: (r, g, b)}`` with uint8 components, one entry per distinct class.
+    """
+    present = sorted({int(c) for c in classes})
+    foreground = [c for c in present if c not in (0, 255)]
+    count = len(foreground)
+    if count <= 10:
+        table = plt.get_cmap("tab10").colors
+    elif count <= 20:
+        tab20 = plt.get_cmap("tab20").colors
+        table = tab20[0::2] + tab20[1::2]
+    else:
+        table = [plt.get_cmap("hsv")(i / count) for i in range(count)]
+    palette = {c: tuple(int(round(255 * v)) for v in table[i][:3])
+               for i, c in enumerate(foreground)}
+    if 0 in present:
+        palette[0] = (0, 0, 0)
+    if 255 in present:
+        palette[255] = IGNORE_COLOUR
+    return dict(sorted(palette.items()))
+
+
+def _lookup(palette: Mapping[int, Sequence[int]] | None) -> np.ndarray:
+    """``(256, 3)`` uint8 colour of each class index: the VOC map overridden by ``palette``."""
+    table = voc_colormap(256)
+    for index, colour in (palette or {}).items():
+        table[int(index)] = colour
+    return table
+
+
+def colorize_mask(mask: np.ndarray, palette: Mapping[int, Sequence[int]] | None = None
+                  ) -> np.ndarray:
+    """Paint a class-index mask with the VOC colours (or ``palette``'s).
 
     Args:
         mask: ``(H, W)`` integer class indices in ``0..255``.
+        palette: ``{class index: (r, g, b)}`` overriding the VOC colours
+            (:func:`class_palette`); None: the VOC colours.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB image.
@@ -53,11 +103,12 @@ def colorize_mask(mask: np.ndarray) -> np.ndarray:
     array = _as_mask(mask)
     if array.size and array.max() > 255:
         raise ValueError(f"mask holds class index {array.max()}; the VOC colormap stops at 255")
-    return voc_colormap(256)[array]
+    return _lookup(palette)[array]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend the mask's VOC colours over the image.
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5,
+            palette: Mapping[int, Sequence[int]] | None = None) -> np.ndarray:
+    """Blend the mask's VOC colours (or ``palette``'s) over the image.
 
     Background pixels (class 0) keep the image's own colour; the others become
     ``(1 - alpha) * image + alpha * colour``.
@@ -66,6 +117,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
         image: ``(H, W, 3)`` RGB, uint8 or float in ``[0, 255]``.
         mask: ``(H, W)`` integer class indices, same height and width as ``image``.
         alpha: Opacity of the colours, in ``[0, 1]``.
+        palette: ``{class index: (r, g, b)}`` overriding the VOC colours; None: VOC colours.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB image.
@@ -82,10 +134,17 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} is outside [0, 1]")
-    colours = colorize_mask(array).astype(np.float32)
+    colours = colorize_mask(array, palette).astype(np.float32)
     blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours
     out = np.where((array != 0)[..., None], blended, rgb)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _pixel_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Share of labelled pixels (not 255) whose predicted class is the true one."""
+    labelled = truth != 255
+    return float((truth[labelled] == predicted[labelled]).mean()) if labelled.any() else \
+        float("nan")
 
 
 def plot_segmentation(
@@ -93,19 +152,34 @@ def plot_segmentation(
     masks: Sequence[np.ndarray],
     titles: Sequence[str] | None = None,
     class_names: Sequence[str] = VOC_CLASSES,
+    *,
+    backend: str | None = None,
+    ground_truth: Sequence[np.ndarray] | None = None,
+    title: str | None = None,
 ) -> Figure:
-    """Input, colour mask and overlay side by side, one row per image.
+    """Predicted masks beside their images, one row per image, titled with the backend.
 
-    A legend below the grid lists only the classes present in ``masks``, with their colours.
+    Without ground truth the columns are input | predicted mask | overlay; with it they are
+    input | ground truth | prediction, the prediction titled with its pixel accuracy. Classes
+    get distinct colours (:func:`class_palette` over every class in the figure, the same in
+    every panel), named in a legend below the grid.
 
     Args:
         images: ``(H, W, 3)`` RGB images, uint8 or float in ``[0, 255]``.
-        masks: ``(H, W)`` class-index masks, one per image.
+        masks: ``(H, W)`` predicted class-index masks, one per image.
         titles: Optional label per row (e.g. file name or true class).
         class_names: Name of each class index, for the legend (default: PASCAL VOC).
+        backend: What made ``masks`` (``Segmenter.description``, e.g. ``"DeepLabV3 TFLite 257
+            px float"``), named in the figure title.
+        ground_truth: ``(H, W)`` true masks, one per image (255: ignore), to compare with.
+        title: Figure title (default: the backend and the columns).
 
     Returns:
         A ``matplotlib.figure.Figure`` with ``3 * len(images)`` axes.
+
+    Raises:
+        ValueError: If the counts of images, masks, titles or ground-truth masks differ, or a
+            ground-truth mask's shape differs from its image's.
     """
     images, masks = list(images), list(masks)
     if not images or len(images) != len(masks):
@@ -114,27 +188,50 @@ def plot_segmentation(
         )
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"got {len(titles)} titles for {len(images)} images")
+    truths = None if ground_truth is None else [_as_mask(m, f"ground_truth[{i}]")
+                                                 for i, m in enumerate(ground_truth)]
+    if truths is not None and len(truths) != len(images):
+        raise ValueError(f"got {len(truths)} ground-truth masks for {len(images)} images")
+
+    shown = [_as_mask(m, f"masks[{i}]") for i, m in enumerate(masks)] + (truths or [])
+    present = np.unique(np.concatenate([m.ravel() for m in shown]))
+    palette = class_palette(present)
+    columns = ("input", "ground truth", "prediction") if truths else \
+        ("input", "predicted mask", "overlay")
 
     rows = len(images)
-    fig = plt.figure(figsize=(7.5, 2.5 * rows + 0.6), layout="constrained")
+    fig = plt.figure(figsize=(7.5, 2.5 * rows + 0.9), layout="constrained")
     axes = fig.subplots(rows, 3, squeeze=False)
     for row, (image, mask) in enumerate(zip(images, masks)):
         rgb = _as_rgb_image(image, f"images[{row}]")
         prefix = f"{titles[row]}: " if titles is not None else ""
-        panels = (
-            (rgb, f"{prefix}input"),
-            (colorize_mask(mask), "mask"),
-            (overlay(rgb, mask), "overlay"),
-        )
-        for ax, (picture, title) in zip(axes[row], panels):
+        if truths:
+            truth = truths[row]
+            if truth.shape != rgb.shape[:2]:
+                raise ValueError(f"ground_truth[{row}] has shape {truth.shape} but images[{row}] "
+                                 f"has {rgb.shape}; they must share (height, width)")
+            accuracy = _pixel_accuracy(truth, _as_mask(mask))
+            panels = (
+                (rgb, f"{prefix}input"),
+                (colorize_mask(truth, palette), "ground truth"),
+                (colorize_mask(mask, palette), f"prediction ({accuracy:.0%} of pixels right)"),
+            )
+        else:
+            panels = (
+                (rgb, f"{prefix}input"),
+                (colorize_mask(mask, palette), "predicted mask"),
+                (overlay(rgb, mask, palette=palette), "overlay"),
+            )
+        for ax, (picture, panel_title) in zip(axes[row], panels):
             ax.imshow(picture, interpolation="nearest")
-            ax.set_title(title, fontsize=9)
+            ax.set_title(panel_title, fontsize=9)
             ax.set_axis_off()
 
-    colours = voc_colormap(256) / 255.0
-    present = np.unique(np.concatenate([_as_mask(m).ravel() for m in masks]))
+    if title is None:
+        title = f"{backend or 'Segmentation'}: {' | '.join(columns)}"
+    fig.suptitle(title, fontsize=10)
     handles = [
-        Patch(facecolor=colours[i], edgecolor="black", linewidth=0.5,
+        Patch(facecolor=np.asarray(palette[i]) / 255.0, edgecolor="black", linewidth=0.5,
               label=class_names[i] if i < len(class_names) else _class_name(i))
         for i in present
     ]
@@ -144,5 +241,7 @@ def plot_segmentation(
         ncol=min(len(handles), 6),
         fontsize=8,
         frameon=False,
+        title="classes",
+        title_fontsize=8,
     )
     return fig

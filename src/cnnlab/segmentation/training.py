@@ -494,7 +494,7 @@ def plot_miou_history(history: pd.DataFrame, title: str = "") -> Figure:
 
     Args:
         history: Rows per epoch with ``epoch``, ``mIoU``, ``val_mIoU``, ``loss``, ``val_loss``.
-        title: Figure title.
+        title: Figure title (default: ``"DeepLabV3+: mIoU and loss per epoch"``).
     """
     import matplotlib.pyplot as plt
 
@@ -510,6 +510,6 @@ def plot_miou_history(history: pd.DataFrame, title: str = "") -> Figure:
     axes[0].axvline(epochs[best], ls="--", c="grey",
                     label=f"best: {history['val_mIoU'][best]:.3f} (restored)")
     axes[0].legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title or "DeepLabV3+: mIoU and loss per epoch")
     fig.tight_layout()
     return fig

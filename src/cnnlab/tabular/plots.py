@@ -124,7 +124,7 @@ def plot_metric_intervals(table: pd.DataFrame, metric: str = "MAPE %",
                                         table[f"{metric} high"] - table[metric]],
                 fmt="o", capsize=3)
     ax.set_yticks(y, table.index)
-    ax.set(xlabel=metric, title=title)
+    ax.set(xlabel=metric, ylabel="model", title=title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
