@@ -124,3 +124,29 @@ def test_unknown_recipe_and_rules_are_refused():
         FineTuneRecipe("x", schedule="step")
     assert get_recipe(None) is RECIPES["default"]
     assert "AdamW" in RECIPES["default"].describe(1e-3)
+
+
+def test_fine_tune_stages_table_reads_the_run(sample_root, project, shared_dir):
+    from cnnlab.config import get_profile
+    from cnnlab.data.datasets import build_manifest
+    from cnnlab.training.fine_tuning import train_transfer
+    from cnnlab.training.stages import fine_tune_stages
+
+    profile = get_profile("smoke", image_size=32, freeze_epochs=1, fine_tune_epochs=1)
+    manifest = build_manifest(sample_root, "sample")
+    result = train_transfer("mobilenet_v3_small_075", manifest, profile, "local",
+                            shared_dir / "weights", project)
+    table = fine_tune_stages(result)
+    assert table["stage"].tolist() == ["1: head on the frozen backbone",
+                                       "2: fine-tune (default recipe)"]
+    layers = sum(1 for layer in find_backbone(result.model).layers if layer.weights)
+    norms = sum(1 for layer in find_backbone(result.model).layers
+                if isinstance(layer, keras.layers.BatchNormalization))
+    assert table.iloc[0]["backbone layers trained"] == f"0 of {layers}"
+    assert table.iloc[1]["backbone layers trained"] == f"{layers - norms} of {layers}"
+    assert table.iloc[1]["BatchNorm"] == f"{norms} frozen (inference mode)"
+    recipe = RECIPES["default"]
+    peak = profile.learning_rate * recipe.lr_scale
+    rates = [peak * m for m in group_multipliers(recipe.lr_mult, recipe.groups)]
+    assert table.iloc[1]["backbone rates"] == ", ".join(f"{r:.2g}" for r in rates)
+    assert len(set(table.iloc[1]["backbone rates"].split(", "))) == recipe.groups  # differ
