@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +61,83 @@ def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30),
     image = rgb.convert(mode) if mode != "P" else rgb.convert("P", palette=Image.ADAPTIVE)
     image.save(path, format=fmt, **save)
     return path
+
+
+# Runs before the code of run_python: arms a SIGKILL of the process at one named moment of a
+# run by wrapping a public hook (a callback method, a stage function, Model.save). Tests only:
+# the package itself has no kill switch.
+KILL_HOOKS = '''
+import os, signal, sys
+import keras
+
+
+def _die():
+    os.kill(os.getpid(), signal.SIGKILL)  # no handler runs, nothing is flushed
+
+
+def _arm(point):
+    if point == "mid_epoch":  # after the second batch of the second epoch
+        from cnnlab.training.callbacks import EpochTimer
+        begin = EpochTimer.on_epoch_begin
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.kill_epoch = epoch
+            begin(self, epoch, logs)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.kill_epoch == 1 and batch == 1:
+                _die()
+
+        EpochTimer.on_epoch_begin = on_epoch_begin
+        EpochTimer.on_train_batch_end = on_train_batch_end
+    elif point == "during_backup":  # the files a kill inside Keras' in-place write leaves
+        write = keras.callbacks.BackupAndRestore.on_epoch_end
+
+        def on_epoch_end(self, epoch, logs=None):
+            write(self, epoch, logs)
+            if epoch == 1:
+                for name in os.listdir(self.backup_dir):
+                    path = os.path.join(self.backup_dir, name)
+                    os.truncate(path, os.path.getsize(path) // 2)
+                _die()
+
+        keras.callbacks.BackupAndRestore.on_epoch_end = on_epoch_end
+    elif point == "between_stages":  # stage 1 recorded finished, stage 2 not begun
+        from cnnlab.training import fine_tuning
+        fine_tuning._fine_tune_stage = lambda *args, **kwargs: _die()
+    elif point == "during_save":  # the first file of the model's temporary folder written
+        save = keras.Model.save
+
+        def killing_save(self, filepath, *args, **kwargs):
+            save(self, filepath, *args, **kwargs)
+            if ".tmp" in str(filepath):
+                _die()
+
+        keras.Model.save = killing_save
+    elif point != "none":
+        raise ValueError(f"unknown kill point {point!r}")
+
+
+_arm(sys.argv.pop(1))
+'''
+
+# run_python code that runs the cnnlab command line with the remaining arguments.
+CLI = "from cnnlab import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+
+
+def run_python(code: str, *args: str, point: str = "none", cwd: Path | None = None,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh Python with ``args``, SIGKILLed at ``point`` (see KILL_HOOKS).
+
+    ``point`` is ``mid_epoch``, ``during_backup``, ``between_stages``, ``during_save`` or
+    ``none`` (run to the end).
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-c", KILL_HOOKS + code, point, *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def leftovers(*folders: Path) -> list[str]:
+    """Entries under ``folders`` that an interrupted write leaves: hidden or ``.tmp`` names."""
+    return sorted(str(path) for folder in folders for path in Path(folder).rglob("*")
+                  if path.name.startswith(".") or ".tmp" in path.name)

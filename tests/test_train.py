@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import yaml
+from conftest import CLI, leftovers, run_python
 
 import cnnlab.training.fitting as train_module
 from cnnlab.config import PROFILES, get_profile, parse_overrides
@@ -225,6 +227,8 @@ def test_precise_bn_runs_once_per_epoch_before_validation(sample_root, project, 
 @pytest.mark.slow
 def test_resume_after_sigkill_in_stage_2_continues_from_the_last_epoch(
         sample_root, project, shared_dir):
+    from cnnlab.training.callbacks import backup_snapshots
+
     build_manifest(sample_root, "sample").save(project.data / "sample")
     command = [sys.executable, "-m", "cnnlab.cli", "train", BACKBONE, "--dataset", "sample",
                "--profile", "smoke", "--set", "image_size=32", "--set", "batch_size=2",
@@ -232,19 +236,20 @@ def test_resume_after_sigkill_in_stage_2_continues_from_the_last_epoch(
                "local", "--weights-dir", str(shared_dir / "weights")]
     env = {**os.environ, "CNNLAB_ROOT": str(project.root), "TF_CPP_MIN_LOG_LEVEL": "2"}
     run = project.checkpoints / f"sample-{BACKBONE}"
-    backup = run / "backup" / "fine_tune" / "training_metadata.json"
+    backup = run / "backup" / "fine_tune"
     log = project.root / "first.log"
     with open(log, "w") as out:
         process = subprocess.Popen(command, env=env, cwd=project.root, stdout=out,
                                    stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        while not backup.is_file() and process.poll() is None and time.time() < deadline:
+        while not backup_snapshots(backup) and process.poll() is None \
+                and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)  # into the next epoch
         process.kill()  # SIGKILL: no handler runs, nothing gets flushed
         process.wait()
-    assert backup.is_file(), log.read_text()[-3000:]
-    resumed_at = json.loads(backup.read_text())["epoch"]
+    assert backup_snapshots(backup), log.read_text()[-3000:]
+    resumed_at = max(backup_snapshots(backup))
     before = pd.read_csv(run / "history.csv")
     assert 3 <= resumed_at < 6 and json.loads((run / "state.json").read_text())["status"] \
         == "running"
@@ -260,6 +265,86 @@ def test_resume_after_sigkill_in_stage_2_continues_from_the_last_epoch(
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
     assert not [p.name for p in project.models.iterdir() if p.name.startswith(".")]
     assert load_model(project.models / f"sample-{BACKBONE}").output.shape[-1] == 4
+
+
+def _saved_model(models, name: str):
+    """The saved model ``name``: its folder ``models/<name>/`` or the file ``<name>.keras``."""
+    return models / name if (models / name).is_dir() else models / f"{name}.keras"
+
+
+def test_run_callbacks_use_keras_backup_and_restore_as_is(tmp_path):
+    from cnnlab.training.callbacks import PublishBackup, run_callbacks
+
+    callbacks = run_callbacks(start_run(tmp_path, "x", {}), "train")
+    backups = [c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)]
+    assert [type(c) for c in backups] == [keras.callbacks.BackupAndRestore]  # no subclass
+    assert isinstance(callbacks[callbacks.index(backups[0]) + 1], PublishBackup)
+
+
+CUSTOM_COMMAND = ["train", "retail_cnn", "--dataset", "sample", "--profile", "smoke",
+                  "--set", "custom_image_size=32", "--set", "batch_size=4",
+                  "--set", "custom_epochs=3", "--set", "max_train_per_class=6"]
+
+
+def _rerun(command: list[str], project) -> str:
+    """The plain command again (no kill); returns its output after checking it succeeded."""
+    again = subprocess.run([sys.executable, "-m", "cnnlab.cli", *command], cwd=project.root,
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    assert "resuming the interrupted run" in out
+    return out
+
+
+def _assert_finished_cleanly(project, run, epochs: int, name: str, classes: int = 4) -> None:
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == list(range(epochs))
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"
+    assert not leftovers(project.checkpoints, project.models)
+    assert load_model(_saved_model(project.models, name)).output_shape[-1] == classes
+
+
+@pytest.mark.parametrize("point,rows_killed,rows_kept", [
+    ("mid_epoch", 1, 1),  # in epoch 2: epoch 1 kept, epoch 2 runs again
+    ("during_backup", 2, 1),  # Keras' backup of epoch 2 cut: epoch 2 runs again, one row
+    ("during_save", 3, 3),  # every epoch done: nothing retrained, the model saved
+])
+def test_sigkill_then_the_same_command_finishes_with_the_same_epochs(
+        point, rows_killed, rows_kept, sample_root, project):
+    build_manifest(sample_root, "sample").save(project.data / "sample")
+    killed = run_python(CLI, *CUSTOM_COMMAND, point=point, cwd=project.root)
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
+    run = project.checkpoints / "sample-retail_cnn"
+    before = pd.read_csv(run / "history.csv")
+    assert len(before) == rows_killed
+    assert json.loads((run / "state.json").read_text())["status"] == "running"
+    if point == "during_save":  # killed with the model folder half-written
+        assert leftovers(project.models) and not _saved_model(project.models,
+                                                              "sample-retail_cnn").exists()
+    out = _rerun(CUSTOM_COMMAND, project)
+    if point != "during_save":  # from the backup of the last complete epoch
+        assert f"train: resuming after epoch {rows_kept} of 3" in out
+    after = pd.read_csv(run / "history.csv")
+    pd.testing.assert_frame_equal(after.iloc[:rows_kept], before.iloc[:rows_kept])
+    _assert_finished_cleanly(project, run, 3, "sample-retail_cnn")
+
+
+def test_sigkill_between_the_stages_resumes_at_stage_2(sample_root, project, shared_dir):
+    build_manifest(sample_root, "sample").save(project.data / "sample")
+    command = ["train", BACKBONE, "--dataset", "sample", "--profile", "smoke",
+               "--set", "image_size=32", "--set", "batch_size=4", "--set", "freeze_epochs=2",
+               "--set", "fine_tune_epochs=2", "--weights", "local",
+               "--weights-dir", str(shared_dir / "weights")]
+    killed = run_python(CLI, *command, point="between_stages", cwd=project.root)
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
+    run = project.checkpoints / f"sample-{BACKBONE}"
+    before = pd.read_csv(run / "history.csv")
+    assert json.loads((run / "state.json").read_text())["completed"] == ["frozen"]
+    assert len(before) == 2
+    out = _rerun(command, project)
+    assert "stage 1 finished in an earlier run" in out
+    pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv").iloc[:2], before)
+    _assert_finished_cleanly(project, run, 4, f"sample-{BACKBONE}")
 
 
 def test_interrupted_run_with_other_settings_is_not_resumed(tmp_path, capsys):

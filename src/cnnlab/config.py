@@ -100,6 +100,17 @@ class Profile:
         backbones: Backbones fine-tuned in notebook 03 (keys of ``backbones.BACKBONES``).
         max_train_per_class: Cap on training images per class (None: all), for quick runs.
         segment_images: Images segmented in notebook 04.
+        agreement_images: Images of notebook 04's classification-agreement check (None: every
+            image; 1,200 vehicle photos take about 20 s with the float DeepLab model and 60 s
+            with the uint8 one on 2 CPU cores).
+        segment_image_size: Square input side of notebook 04's DeepLabV3+ (a multiple of 16).
+        segment_epochs: DeepLabV3+ training epochs.
+        segment_batch_size: Image/mask pairs per DeepLabV3+ batch.
+        segment_filters: Channels of the ASPP and decoder convolutions (256 in the paper).
+        segment_learning_rate: Adam learning rate of DeepLabV3+.
+        segment_max_pairs: Cap on the image/mask pairs DeepLabV3+ uses (None: all).
+        segment_pretrained: Start DeepLabV3+'s backbone from the run's ``weights``; False (the
+            smoke profile, which checks the mechanics in seconds): random initialisation.
         mixed_precision: Keras dtype policy for training: ``"mixed_float16"`` (GPUs with
             tensor cores: float16 compute, float32 variables, loss scaling), ``"mixed_bfloat16"``
             (TPUs, and CPUs with AVX512-BF16/AMX) or None for float32. Outputs stay float32
@@ -145,6 +156,14 @@ class Profile:
     backbones: tuple[str, ...] = ("mobilenet_v3_small_075",)
     max_train_per_class: int | None = None
     segment_images: int = 6
+    agreement_images: int | None = None
+    segment_image_size: int = 128
+    segment_epochs: int = 12
+    segment_batch_size: int = 16
+    segment_filters: int = 64
+    segment_learning_rate: float = 1e-3
+    segment_max_pairs: int | None = None
+    segment_pretrained: bool = True
     mixed_precision: str | None = None
     jit_compile: bool | str = False
     strategy: str = "auto"
@@ -185,6 +204,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", image_size=32, custom_image_size=32, batch_size=32, custom_epochs=1,
         freeze_epochs=1, fine_tune_epochs=1, max_train_per_class=12, segment_images=2,
+        agreement_images=24, segment_image_size=64, segment_epochs=2, segment_batch_size=8,
+        segment_filters=32, segment_max_pairs=48, segment_pretrained=False,
         backbones=("mobilenet_v3_small_075", "efficientnet_b0"),
         scratch_twins=("mobilenet_v3_small_075",),
         mixed_image_size=96, mixed_cnn_image_size=24, mixed_epochs=30, mixed_cnn_epochs=3,
@@ -220,6 +241,7 @@ PROFILES: dict[str, Profile] = {
                    "mobilenet_v3_small_075", "mobilenet_v3_large", "efficientnet_b0",
                    "densenet121"),
         scratch_twins=("mobilenet_v2",),
+        segment_image_size=256, segment_epochs=30, segment_filters=256,
         mixed_precision="mixed_float16", jit_compile=True,
     ),
 }

@@ -8,7 +8,6 @@ from cnnlab._exports import lazy_exports
 
 _EXPORTS = {
     "VOC_CLASS_MAPS": "agreement",
-    "AGREEMENT_IMAGES": "agreement",
     "read_image": "agreement",
     "agreement_table": "agreement",
     "agreement_summary": "agreement",
@@ -33,9 +32,6 @@ _EXPORTS = {
     "plot_segmentation": "overlays",
     "AUTOTUNE": "training",
     "IMAGE_SUFFIXES": "training",
-    "SegmentTrainSettings": "training",
-    "SEGMENT_TRAIN_SETTINGS": "training",
-    "get_segment_train_settings": "training",
     "find_mask_pairs": "training",
     "split_pairs": "training",
     "read_mask": "training",

@@ -36,12 +36,6 @@ VOC_CLASS_MAPS: dict[str, dict[str, tuple[str, ...]]] = {
     "retail": {"drinks": ("bottle",)},
 }
 
-# Images the agreement check segments per run profile (notebook 04): a few in the smoke
-# profile that tests run; None: every image (1,200 vehicle photos take about 20 s with the
-# float model and 60 s with the uint8 one on 2 CPU cores).
-AGREEMENT_IMAGES: dict[str, int | None] = {"smoke": 24, "cpu": None, "gpu": None}
-
-
 def agreement_table(
     segmenter: Segmenter,
     rows: pd.DataFrame,

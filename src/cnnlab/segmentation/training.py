@@ -14,11 +14,14 @@ Masks are ``(H, W)`` images whose pixel values are class indices (0 = background
 beside the images: ``<root>/images/<path>.<ext>`` and ``<root>/masks/<path>.png`` (the layout
 of the generated ``sample`` dataset, whose masks are class index + 1 on the object). Training
 reports the validation mIoU per epoch (``keras.metrics.MeanIoU``) in the run folder's
-``history.csv``.
+``history.csv``. Its settings are the ``segment_*`` fields of a ``config.Profile``, and it runs
+through the same run folder engine as classification (:mod:`cnnlab.training.runs`): killed, the
+same call resumes from the last completed epoch; finished, it is not trained again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -39,51 +42,6 @@ from cnnlab.segmentation.deeplab import Segmenter
 from cnnlab.segmentation.iou import per_class_iou
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-@dataclass(frozen=True)
-class SegmentTrainSettings:
-    """How long and how large a DeepLabV3+ fine-tuning run is, per hardware profile.
-
-    Attributes:
-        image_size: Square input side in pixels (a multiple of 16).
-        epochs: Training epochs.
-        batch_size: Images per batch.
-        filters: Channels of the ASPP and decoder convolutions (256 in the paper).
-        learning_rate: Adam learning rate.
-        max_images: Cap on image/mask pairs used (None: all).
-        weights: Backbone weights regardless of the run's (``"none"`` for the smoke profile,
-            which checks the mechanics in seconds); None: the run's ``weights``.
-    """
-
-    image_size: int
-    epochs: int
-    batch_size: int
-    filters: int
-    learning_rate: float = 1e-3
-    max_images: int | None = None
-    weights: str | None = None
-
-
-# Keyed like cnnlab.config.PROFILES: smoke runs in seconds, cpu in about 3 minutes on 2 cores.
-SEGMENT_TRAIN_SETTINGS: dict[str, SegmentTrainSettings] = {
-    "smoke": SegmentTrainSettings(image_size=64, epochs=2, batch_size=8, filters=32,
-                                  max_images=48, weights="none"),
-    "cpu": SegmentTrainSettings(image_size=128, epochs=12, batch_size=16, filters=64),
-    "gpu": SegmentTrainSettings(image_size=256, epochs=30, batch_size=16, filters=256),
-}
-
-
-def get_segment_train_settings(profile: str) -> SegmentTrainSettings:
-    """The settings of ``profile``.
-
-    Raises:
-        KeyError: If ``profile`` is unknown; the message lists the known ones.
-    """
-    if profile not in SEGMENT_TRAIN_SETTINGS:
-        raise KeyError(f"no segmentation settings for profile {profile!r}; choose one of "
-                       f"{sorted(SEGMENT_TRAIN_SETTINGS)}")
-    return SEGMENT_TRAIN_SETTINGS[profile]
 
 
 def find_mask_pairs(root: str | os.PathLike, images: str = "images", masks: str = "masks"
@@ -411,7 +369,7 @@ class SegmentationRun:
 def train_segmenter(
     pairs: pd.DataFrame,
     class_names,
-    settings: SegmentTrainSettings,
+    profile,
     checkpoints_dir: str | os.PathLike,
     run_name: str = "deeplabv3plus",
     backbone: str = "mobilenet_v3_small_075",
@@ -419,6 +377,7 @@ def train_segmenter(
     weights_dir: str | os.PathLike | None = None,
     seed: int = 42,
     verbose: int | str = 2,
+    resume: bool = True,
 ) -> SegmentationRun:
     """Fine-tunes DeepLabV3+ on image/mask pairs and reports validation mIoU per epoch.
 
@@ -426,26 +385,37 @@ def train_segmenter(
     (argmax of the logits against the mask), so ``history.csv`` holds ``mIoU`` and
     ``val_mIoU`` per epoch. The best validation mIoU checkpoint is restored at the end.
 
+    The run folder ``checkpoints_dir/<run_name>/`` is a classification run folder
+    (:func:`cnnlab.training.runs.start_run`: ``args.yaml``, ``history.csv``, ``state.json``,
+    best/last weights, the resume backup): a run killed at any point continues from its last
+    completed epoch when the same call runs again, and ends with the same epoch count; a
+    finished run with the same settings is loaded, not trained again.
+
     Args:
         pairs: From :func:`find_mask_pairs`.
         class_names: Name of each class index (index 0: background).
-        settings: Image size, epochs, batch size, filters, rate, image cap.
+        profile: A ``config.Profile``; its ``segment_*`` fields set the image size, epochs,
+            batch size, filters, rate, pair cap and whether the backbone is pretrained.
         checkpoints_dir: Where the run folder ``<run_name>/`` goes.
         run_name: Run folder name.
         backbone: Key of ``backbones.BACKBONES``.
         weights: ``"imagenet"``, ``"local"``, ``"none"`` or a file (``resolve_weights``);
-            ``settings.weights``, when set, wins.
+            ``"none"`` regardless when ``profile.segment_pretrained`` is False.
         weights_dir: Folder of local ImageNet weights files.
         seed: Seed of the split, initialisation, shuffling and flips.
         verbose: Keras verbosity (2: one line per epoch).
+        resume: Continue an interrupted run, or reuse a finished one, of the same settings;
+            False: always a new run (an old folder is kept under a dated name).
 
     Returns:
-        The run.
+        The run; ``seconds`` is this call's training time (for a finished run reused, the
+        sum of its epochs' ``seconds`` in ``history.csv``).
 
     Raises:
         ValueError: If a mask holds a class index without a name.
     """
-    from cnnlab.training.runs import start_run
+    from cnnlab.training.fitting import fit
+    from cnnlab.training.runs import _profile_config, finish_run, load_weights, start_run
 
     class_names = tuple(class_names)
     found = count_classes(pairs)
@@ -453,40 +423,53 @@ def train_segmenter(
         raise ValueError(f"the masks hold class indices up to {found - 1} but only "
                          f"{len(class_names)} class names were given")
     keras.utils.set_random_seed(seed)
-    train, val = split_pairs(pairs, seed=seed, max_images=settings.max_images)
-    choice = resolve_weights(backbone, settings.weights or weights, weights_dir)
-    model = build_deeplabv3_plus(len(class_names), settings.image_size, backbone, choice,
-                                 filters=settings.filters)
+    size, epochs = profile.segment_image_size, profile.segment_epochs
+    train, val = split_pairs(pairs, seed=seed, max_images=profile.segment_max_pairs)
+    choice = resolve_weights(backbone, weights if profile.segment_pretrained else "none",
+                             weights_dir)
+    model = build_deeplabv3_plus(len(class_names), size, backbone, choice,
+                                 filters=profile.segment_filters)
     model.compile(
-        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        optimizer=keras.optimizers.Adam(profile.segment_learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.MeanIoU(len(class_names), name="mIoU", sparse_y_pred=False)],
     )
-    # A finished run of the same name is kept under a dated name (train.start_run).
     run = start_run(checkpoints_dir, run_name, {
         "model": model.name, "backbone": backbone, "weights": choice.label,
         "class_names": list(class_names), "train_pairs": len(train), "val_pairs": len(val),
-        "seed": seed, **settings.__dict__}, resume=False).path
-    best = run / "best.weights.h5"
-    callbacks = [
-        keras.callbacks.CSVLogger(str(run / "history.csv")),
-        keras.callbacks.ModelCheckpoint(str(best), monitor="val_mIoU", mode="max",
-                                        save_best_only=True, save_weights_only=True),
-    ]
-    train_ds = mask_dataset(train, settings.image_size, settings.batch_size, True, seed)
-    val_ds = mask_dataset(val, settings.image_size, settings.batch_size)
-    label = choice.label if choice.is_pretrained else choice.label.upper()
-    print(f"{model.name}: backbone weights = {label}; {len(train)} train / {len(val)} "
-          f"validation pairs at {settings.image_size} px, {settings.epochs} epochs")
+        "pairs": {"train": _pairs_fingerprint(train), "val": _pairs_fingerprint(val)},
+        "image_size": size, "epochs": epochs, "batch_size": profile.segment_batch_size,
+        "filters": profile.segment_filters, "learning_rate": profile.segment_learning_rate,
+        "max_pairs": profile.segment_max_pairs, "seed": seed, **_profile_config(profile)},
+        resume, reuse_finished=resume)
     start = time.perf_counter()
-    # shuffle=False: the pipeline shuffles (fit's own flag does nothing for datasets).
-    model.fit(train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks,
-              verbose=verbose, shuffle=False)
+    if not run.is_finished:
+        label = choice.label if choice.is_pretrained else choice.label.upper()
+        print(f"{model.name}: backbone weights = {label}; {len(train)} train / {len(val)} "
+              f"validation pairs at {size} px, {epochs} epochs")
+        if not run.completed("train"):
+            train_ds = mask_dataset(train, size, profile.segment_batch_size, True, seed)
+            val_ds = mask_dataset(val, size, profile.segment_batch_size)
+            fit(model, train_ds, val_ds, run, epochs, stage="train", verbose=verbose,
+                monitor="val_mIoU")
+            run.complete("train")
     seconds = time.perf_counter() - start
-    if best.exists():
-        model.load_weights(best)
-    history = pd.read_csv(run / "history.csv")
-    return SegmentationRun(model, history, class_names, train, val, run, seconds, choice.label)
+    if run.best.exists():
+        load_weights(model, run.best)
+    history = run.read_history()
+    if run.is_finished and "seconds" in history:
+        seconds = float(history["seconds"].sum())
+    finish_run(run)
+    return SegmentationRun(model, history, class_names, train, val, run.path, seconds,
+                           choice.label)
+
+
+def _pairs_fingerprint(rows: pd.DataFrame) -> str:
+    """12 hex digits of the pairs' ``group/file name`` in order (recorded in ``args.yaml``)."""
+    digest = hashlib.sha256()
+    for group, image in zip(rows["group"], rows["image"]):
+        digest.update(f"{group}/{Path(image).name}\n".encode())
+    return digest.hexdigest()[:12]
 
 
 def plot_miou_history(history: pd.DataFrame, title: str = "") -> Figure:

@@ -1,18 +1,38 @@
 """Callbacks of a training run: epoch timing, checkpoints written atomically, precise
 BatchNorm statistics, and resume through ``keras.callbacks.BackupAndRestore``.
+
+Resume, and what guarantees what (``backup/<stage>/`` of a run folder):
+
+- ``keras.callbacks.BackupAndRestore``, used as Keras ships it, saves the fitted model's
+  weights, optimizer state and epoch counter at the end of every epoch into
+  ``backup/<stage>/working/`` and restores them when ``fit`` starts. It writes those files in
+  place, so a SIGKILL during its write leaves a working copy that cannot be read.
+- :class:`PublishBackup`, the callback after it in the same ``on_epoch_end``, renames the
+  finished ``working/`` to ``backup/<stage>/epoch-<n>/`` (``n``: epochs completed), then
+  removes older snapshots; Keras writes a new ``working/`` at the next epoch's end. A rename
+  is atomic, so every ``epoch-<n>/`` on disk is complete.
+- :func:`restore_backup`, before every ``fit``, deletes ``working/`` (a kill may have cut it,
+  so it is never read) and copies the newest snapshot there, from which Keras restores.
+  ``fit`` then drops the ``history.csv`` rows of the epochs that run again.
+
+So a run killed at any moment resumes at the end of its last published epoch: at most the
+epoch in progress runs again, and no row is repeated. This holds when the process dies
+(SIGKILL, out of memory); surviving a power cut (fsync) is not attempted.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from cnnlab.files import write_text
+from cnnlab.files import remove_stale_temporaries, write_text
 from cnnlab.training.runs import RunFolder, save_weights_atomic
 
 
@@ -114,27 +134,74 @@ def batchnorm_in_training_mode(model: keras.Model) -> list[keras.layers.BatchNor
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """``keras.callbacks.BackupAndRestore`` whose backup survives SIGKILL at any moment.
+# Keras' BackupAndRestore writes here; the published snapshots are its siblings epoch-<n>/.
+BACKUP_WORKING = "working"
+_SNAPSHOT = re.compile(r"^epoch-(\d+)$")
 
-    Keras writes ``latest.weights.h5`` in place, so a kill during the write leaves a file
-    that cannot be read. Here the weights and the epoch counter are written to temporary
-    names and renamed, so the backup on disk is always the last completed epoch.
+
+def backup_snapshots(folder: str | os.PathLike) -> dict[int, Path]:
+    """The complete snapshots of a stage's backup folder: ``{epochs completed: folder}``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for path in folder.iterdir():
+        match = _SNAPSHOT.match(path.name)
+        if match and path.is_dir():
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+class PublishBackup(keras.callbacks.Callback):
+    """Publishes the epoch's ``keras.callbacks.BackupAndRestore`` files as a complete snapshot.
+
+    Runs after Keras' callback in the same ``on_epoch_end``, once Keras has written
+    ``<folder>/working/`` in full: renames it to ``<folder>/epoch-<n>/`` and removes the older
+    snapshots (see the module docstring for what this guarantees).
+
+    Args:
+        folder: The stage's backup folder, ``backup/<stage>/``.
     """
 
-    def _save_model(self):
-        folder = Path(self.backup_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_weights_atomic(self.model, self._weights_path)
-        write_text(self._training_metadata_path, json.dumps(
-            {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+    def __init__(self, folder: str | os.PathLike):
+        super().__init__()
+        self.folder = Path(folder)
+
+    def on_epoch_end(self, epoch, logs=None):
+        completed = epoch + 1
+        target = self.folder / f"epoch-{completed}"
+        if target.exists():  # defensive: a resumed stage publishes after its newest snapshot
+            shutil.rmtree(target)
+        os.replace(self.folder / BACKUP_WORKING, target)
+        for count, path in backup_snapshots(self.folder).items():
+            if count != completed:
+                shutil.rmtree(path, ignore_errors=True)
 
 
-def _backup_epoch(folder: Path) -> int | None:
-    meta = folder / "training_metadata.json"
-    if not meta.is_file():
+def restore_backup(folder: str | os.PathLike) -> int | None:
+    """Prepares a stage's backup folder for ``fit``: Keras restores from its newest snapshot.
+
+    Deletes ``working/`` (possibly cut by a kill) and temporaries that killed processes left,
+    then copies the newest ``epoch-<n>/`` snapshot to ``working/``, where
+    ``keras.callbacks.BackupAndRestore`` reads it when training begins (a copy: the snapshot
+    stays whole while Keras overwrites ``working/``).
+
+    Args:
+        folder: The stage's backup folder, ``backup/<stage>/``.
+
+    Returns:
+        ``n``, the epochs the snapshot completed (the next epoch's index), or None if there
+        is no snapshot (the stage starts from its beginning).
+    """
+    folder = Path(folder)
+    shutil.rmtree(folder / BACKUP_WORKING, ignore_errors=True)
+    remove_stale_temporaries(folder)
+    snapshots = backup_snapshots(folder)
+    if not snapshots:
         return None
-    return int(json.loads(meta.read_text())["epoch"])
+    completed, newest = list(snapshots.items())[-1]
+    shutil.copytree(newest, folder / BACKUP_WORKING)
+    return completed
 
 
 def _trim_history(run: RunFolder, first_epoch: int) -> None:
@@ -150,16 +217,27 @@ def _best_so_far(run: RunFolder, monitor: str = "val_accuracy") -> float:
     return float(history[monitor].max()) if monitor in history and len(history) else -math.inf
 
 
-def run_callbacks(run: RunFolder, stage: str = "train", target: keras.Model | None = None
-                  ) -> list[keras.callbacks.Callback]:
-    """Epoch timer, history CSV, best/last checkpoints and atomic backup-and-restore.
+def run_callbacks(run: RunFolder, stage: str = "train", target: keras.Model | None = None,
+                  monitor: str = "val_accuracy") -> list[keras.callbacks.Callback]:
+    """Epoch timer, history CSV, best/last checkpoints, Keras' backup and its publication.
 
-    Order matters: the timer adds ``seconds`` before CSVLogger writes the row, and the backup
-    comes last, so a kill between row and backup repeats (and trims) that row on resume.
+    Order matters: the timer adds ``seconds`` before CSVLogger writes the row; the checkpoints
+    come before the backup, so a published snapshot always has its row and checkpoints; and
+    :class:`PublishBackup` follows ``keras.callbacks.BackupAndRestore``, whose files it
+    publishes. A kill between the row and the snapshot repeats (and trims) that row on resume.
+
+    Args:
+        run: The run folder.
+        stage: Name of the stage; its backup is ``backup/<stage>/``.
+        target: Model the checkpoints save (default: the fitted model).
+        monitor: Metric of the best checkpoint, higher is better (``val_mIoU`` for
+            segmentation).
     """
+    folder = run.backup / stage
     return [
         EpochTimer(),
         keras.callbacks.CSVLogger(str(run.history), append=True),
-        RunCheckpoint(run, target, _best_so_far(run)),
-        AtomicBackupAndRestore(str(run.backup / stage), delete_checkpoint=False),
+        RunCheckpoint(run, target, _best_so_far(run, monitor), monitor),
+        keras.callbacks.BackupAndRestore(str(folder / BACKUP_WORKING)),
+        PublishBackup(folder),
     ]

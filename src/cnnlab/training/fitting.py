@@ -16,13 +16,14 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
+from cnnlab.files import remove_stale_temporaries
 from cnnlab.training import distribute
 from cnnlab.training.callbacks import (
     PRECISE_BN_IMAGES,
     PreciseBatchNorm,
-    _backup_epoch,
     _trim_history,
     batchnorm_in_training_mode,
+    restore_backup,
     run_callbacks,
 )
 from cnnlab.training.runs import RunFolder, _profile_config, finish_run, load_weights, start_run
@@ -40,8 +41,14 @@ def fit(
     target: keras.Model | None = None,
     class_weight: dict | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    monitor: str = "val_accuracy",
 ) -> keras.callbacks.History:
     """``model.fit`` with the run folder's callbacks, resuming a stage that was interrupted.
+
+    The stage resumes from its newest complete backup snapshot
+    (:func:`cnnlab.training.callbacks.restore_backup`, restored by
+    ``keras.callbacks.BackupAndRestore``); rows of ``history.csv`` from that epoch on are
+    dropped first, so an epoch that runs again is not listed twice.
 
     Args:
         model: A compiled model.
@@ -56,11 +63,12 @@ def fit(
         class_weight: ``{class index: weight}`` for imbalanced data, or None.
         callbacks: Extra callbacks, run before the run folder's (e.g. :class:`PreciseBatchNorm`,
             which must finish before the checkpoint of the epoch is written).
+        monitor: Metric of ``best.weights.h5``, higher is better.
 
     Returns:
         The Keras History of the epochs run in this call.
     """
-    resumed = _backup_epoch(run.backup / stage)
+    resumed = restore_backup(run.backup / stage)
     if resumed is not None:
         print(f"{stage}: resuming after epoch {resumed} of {epochs} from "
               f"checkpoints/{run.name}/backup/{stage}")
@@ -69,7 +77,8 @@ def fit(
     # does nothing for datasets and only warns).
     return model.fit(train_ds, validation_data=val_ds, epochs=epochs,
                      initial_epoch=initial_epoch,
-                     callbacks=list(callbacks or []) + run_callbacks(run, stage, target),
+                     callbacks=list(callbacks or []) + run_callbacks(run, stage, target,
+                                                                      monitor),
                      verbose=verbose, shuffle=False, class_weight=class_weight)
 
 
@@ -413,6 +422,7 @@ def train_custom(name: str, manifest, profile, dirs=None, seed: int = 42,
     seconds = time.perf_counter() - start
     paths = {}
     if distribute.is_chief(strategy):
+        remove_stale_temporaries(dirs.models)  # of a process killed while saving
         paths = _save(model, dirs, data, name, seconds, "none (custom CNN)", run, {})
     finish_run(run)  # after the save: a kill before it resumes and saves
     return TrainingResult(name, model, history, run, paths, seconds, "none (custom CNN)")

@@ -10,15 +10,19 @@ Every training run writes ``checkpoints/<run>/``:
 - ``best.weights.h5`` (best validation accuracy) and ``last.weights.h5``, written to a
   temporary name and renamed;
 - ``state.json`` (running / finished, completed stages) and ``backup/<stage>/``
-  (``keras.callbacks.BackupAndRestore``, written atomically): a run killed at any point,
-  SIGKILL included, continues from its last completed epoch when the same command runs again,
-  also in the middle of stage 2 of :func:`fine_tune`, and ends with the same epoch count.
+  (``keras.callbacks.BackupAndRestore``, published per epoch as a complete snapshot by
+  :mod:`cnnlab.training.callbacks`): a run killed at any point, SIGKILL included, continues
+  from its last completed epoch when the same command runs again, also in the middle of
+  stage 2 of :func:`fine_tune`, and ends with the same epoch count. Temporary files a killed
+  process left in the run folder are removed when it resumes.
 
-The final model goes to ``models/<dataset>-<model>.{keras,h5,json}`` (``export.save_model``:
-temporary name, then rename; a previous model is moved to ``models/previous/``).
+The final model goes to ``models/<dataset>-<model>/`` (``export.save_model``: temporary
+name, then rename; a previous model is moved to ``models/previous/``); what a save
+killed half-way left under a temporary name is removed before the next save.
 
 Fitting is in :mod:`cnnlab.training.fitting`, the one-call fine-tuning of pretrained
-backbones in :mod:`cnnlab.training.fine_tuning`; both write their runs through this module.
+backbones in :mod:`cnnlab.training.fine_tuning` and DeepLabV3+ training in
+:mod:`cnnlab.segmentation.training`; all write their runs through this module.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import pandas as pd
 import tensorflow as tf
 import yaml
 
-from cnnlab.files import write_json, write_text
+from cnnlab.files import remove_stale_temporaries, write_json, write_text
 
 # Keys of args.yaml added by RunFolder.write_args, not part of a run's configuration.
 _ENVIRONMENT_KEYS = ("tensorflow", "keras", "python", "devices")
@@ -132,6 +136,11 @@ class RunFolder:
         shutil.rmtree(self.backup / stage, ignore_errors=True)
 
     @property
+    def is_finished(self) -> bool:
+        """True if :func:`finish_run` marked this run finished."""
+        return self.read_state().get("status") == "finished"
+
+    @property
     def is_interrupted(self) -> bool:
         """True if a process started this run and did not finish it."""
         if self.read_state().get("status") == "running":
@@ -145,7 +154,7 @@ def _config_differences(old: dict, new: dict) -> list[str]:
 
 
 def start_run(checkpoints_dir: str | os.PathLike, name: str, config: dict,
-              resume: bool = True) -> RunFolder:
+              resume: bool = True, reuse_finished: bool = False) -> RunFolder:
     """Creates (or reopens, to resume) ``checkpoints/<name>/`` and writes its ``args.yaml``.
 
     Args:
@@ -156,6 +165,9 @@ def start_run(checkpoints_dir: str | os.PathLike, name: str, config: dict,
             training continues from its last completed epoch. Otherwise (finished run, other
             configuration, or ``resume=False``) the old folder is kept whole under
             ``<name>.<date-time>`` and a new one is started: nothing is overwritten.
+        reuse_finished: If a finished run with the same configuration is there, return it
+            as it is (``is_finished``), so the caller loads its results instead of training
+            again.
 
     Returns:
         The run folder (``state.json`` says ``running`` until :func:`finish_run`).
@@ -163,9 +175,14 @@ def start_run(checkpoints_dir: str | os.PathLike, name: str, config: dict,
     run = RunFolder(Path(checkpoints_dir) / name)
     config = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))  # as stored: lists
     if run.path.is_dir() and any(run.path.iterdir()):
+        changed = _config_differences(run.read_args(), config)
+        if reuse_finished and run.is_finished and not changed:
+            print(f"checkpoints/{name} holds a finished run with these settings: using it "
+                  f"instead of training again")
+            return run
         if resume and run.is_interrupted:
-            changed = _config_differences(run.read_args(), config)
             if not changed:
+                remove_stale_temporaries(run.path, recursive=True)
                 done = run.read_state().get("completed", [])
                 epochs = len(run.history_rows())
                 print(f"resuming the interrupted run in checkpoints/{name}: {epochs} epoch(s) "
@@ -198,7 +215,8 @@ def save_weights_atomic(model: keras.Model, path: str | os.PathLike) -> Path:
     """``model.save_weights`` to a temporary ``.weights.h5`` name, then renamed onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{os.getpid()}.{path.name}")  # keeps the .weights.h5 suffix
+    stem = path.name.removesuffix(".weights.h5")  # Keras insists on the .weights.h5 suffix
+    tmp = path.with_name(f".{stem}.tmp{os.getpid()}.weights.h5")
     try:
         model.save_weights(tmp)
         os.replace(tmp, path)
