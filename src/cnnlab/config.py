@@ -316,15 +316,18 @@ def display_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
     Notebooks are committed with their outputs, so they must not show a machine's absolute
     paths; every path a notebook prints goes through this function.
     """
-    path = Path(path).resolve()
     base = Path(root).resolve() if root else find_root()
-    for anchor, label in ((base, "."), (base.parent, ".."), (Path.home(), "~")):
-        try:
-            relative = path.relative_to(anchor)
-        except ValueError:
-            continue
-        return f"{label}/{relative.as_posix()}" if str(relative) != "." else label
-    return path.name
+    # Links are kept as they are (``data/links/cards``, made by ``cnnlab run`` for folders
+    # outside the checkout), then resolved.
+    given = Path(path).expanduser()
+    for candidate in (Path(os.path.abspath(given)), given.resolve()):
+        for anchor, label in ((base, "."), (base.parent, ".."), (Path.home(), "~")):
+            try:
+                relative = candidate.relative_to(anchor)
+            except ValueError:
+                continue
+            return f"{label}/{relative.as_posix()}" if str(relative) != "." else label
+    return given.name
 
 
 def resolve_profile(

@@ -8,6 +8,7 @@ use (see ``cnnlab._exports``).
 from cnnlab._exports import lazy_exports
 
 _EXPORTS = {
+    "fine_tune_stages": "stages",
     "POOL_LAYER": "cached_features",
     "split_fingerprint": "cached_features",
     "weights_fingerprint": "cached_features",

@@ -185,7 +185,7 @@ class TrainingData:
         """
         from cnnlab.data.datasets import get_dataset_spec
 
-        spec = get_dataset_spec(manifest.dataset)
+        spec = get_dataset_spec(manifest.dataset, own_folder=True)  # it has a manifest
         cache_dir = dirs.data / manifest.dataset / "cache" if dirs is not None else None
         return cls(manifest, image_size or profile.image_size, profile.batch_size,
                    spec.hflip if hflip is None else hflip, seed, profile.max_train_per_class,
@@ -392,7 +392,7 @@ def train_custom(name: str, manifest, profile, dirs=None, seed: int = 42,
         strategy: Overrides ``profile.strategy``.
 
     Returns:
-        The result; files: ``checkpoints/<dataset>-<name>/`` and ``models/<dataset>-<name>.*``.
+        The result; files: ``checkpoints/<dataset>-<name>/`` and ``models/<dataset>-<name>/``.
     """
     from cnnlab.config import project_dirs
     from cnnlab.models.custom import build_custom_model
