@@ -48,7 +48,7 @@ from keras import ops
 
 import cnnlab.models.transfer  # noqa: F401  (registers BackbonePreprocessing for deserialisation)
 from cnnlab.config import display_path
-from cnnlab.files import atomic_path, keep_previous, read_json
+from cnnlab.files import atomic_path, keep_previous, read_json, remove_stale_temporaries
 
 
 class _ScalarOperandMixin:
@@ -151,6 +151,7 @@ def save_model(
         "params_trainable": int(sum(int(ops.size(w)) for w in model.trainable_weights)),
         "keras_version": keras.__version__, **(metadata or {}),
     }
+    remove_stale_temporaries(models_dir)  # of processes killed while saving
     if temporary.exists():
         shutil.rmtree(temporary)
     try:

@@ -315,6 +315,12 @@ class KerasSegmenter(Segmenter):
             raise ValueError(f"{self.name} predicts {model.output_shape[-1]} classes but "
                              f"{len(self.class_names)} class names were given")
 
+    @property
+    def description(self) -> str:
+        """E.g. ``"Keras DeepLabV3+ (deeplabv3plus_mobilenet_v3_small_075), 128 px"``."""
+        size = self.model.input_shape[1]
+        return f"Keras DeepLabV3+ ({self.name})" + (f", {size} px" if size else "")
+
     def predict_mask(self, image) -> np.ndarray:
         """``(H, W)`` uint8 class indices of one ``(H, W, 3)`` RGB image in ``[0, 255]``."""
         return self.predict_masks([image])[0]

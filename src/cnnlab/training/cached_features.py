@@ -8,7 +8,8 @@ of a forward pass through the backbone (the idea of fastai's and Keras' "extract
 then train a classifier" recipe, https://keras.io/guides/transfer_learning/).
 
 Cache layout: ``data/<dataset>/features/<backbone>-<size>px-<weights>/<split>-<manifest>.npz``
-where ``<weights>`` is a fingerprint of the backbone's weights (and dtype policy) and
+where ``<weights>`` is a fingerprint of the backbone's weights (and dtype policy) and of the
+image decoder (:data:`cnnlab.data.images.DECODER_VERSION`), and
 ``<manifest>`` one of the split's rows (file paths and labels), so a different backbone, image
 size, weights file or split never reads stale features. Files are written to a temporary name
 and renamed.
@@ -31,6 +32,7 @@ import pandas as pd
 import tensorflow as tf
 
 from cnnlab.config import display_path
+from cnnlab.data.images import DECODER_VERSION
 from cnnlab.files import atomic_path, write_json
 
 POOL_LAYER = "pool"
@@ -186,7 +188,8 @@ def feature_cache(model: keras.Model, dataset: str, image_size: int,
         ValueError: If the model has no ``pool`` layer.
     """
     extractor = feature_extractor(model)
-    key = weights_fingerprint(extractor)
+    key = hashlib.sha256(f"{weights_fingerprint(extractor)}-{DECODER_VERSION}".encode()
+                         ).hexdigest()[:12]
     folder = Path(data_dir) / dataset / "features" / f"{model.name}-{image_size}px-{key}"
     return FeatureCache(folder, extractor, image_size)
 

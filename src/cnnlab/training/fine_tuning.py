@@ -18,7 +18,6 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from cnnlab.files import remove_stale_temporaries
 from cnnlab.models.transfer import find_backbone, fine_tune_boundary
 from cnnlab.training import distribute
 from cnnlab.training.fitting import (
@@ -269,7 +268,6 @@ def fine_tune(
     seconds = time.perf_counter() - start
     paths = {}
     if save and distribute.is_chief(strategy):
-        remove_stale_temporaries(dirs.models)  # of a process killed while saving
         paths = _save(model, dirs, data, name, seconds, label, run,
                       {"backbone": find_backbone(model).name,
                        "freeze_epochs": freeze_epochs if pretrained else 0})

@@ -16,7 +16,6 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from cnnlab.files import remove_stale_temporaries
 from cnnlab.training import distribute
 from cnnlab.training.callbacks import (
     PRECISE_BN_IMAGES,
@@ -422,7 +421,6 @@ def train_custom(name: str, manifest, profile, dirs=None, seed: int = 42,
     seconds = time.perf_counter() - start
     paths = {}
     if distribute.is_chief(strategy):
-        remove_stale_temporaries(dirs.models)  # of a process killed while saving
         paths = _save(model, dirs, data, name, seconds, "none (custom CNN)", run, {})
     finish_run(run)  # after the save: a kill before it resumes and saves
     return TrainingResult(name, model, history, run, paths, seconds, "none (custom CNN)")
