@@ -70,6 +70,9 @@ def test_all_seven_notebooks_run_on_sample_with_smoke_profile(project, offline_a
     from cnnlab.notebooks import check_notebooks
 
     assert check_notebooks(sorted(report.glob("*.ipynb"))) == []
+    meta = nbformat.read(report / "03_transfer_learning.ipynb", as_version=4).metadata
+    assert "accelerator" not in meta  # a CPU run does not claim Colab's GPU
+    assert meta["cnnlab"]["hardware"].startswith("CPU only: ")
 
 
 @pytest.mark.slow

@@ -168,15 +168,49 @@ def strip_startup_logs(notebook) -> int:
     return removed
 
 
-def _portable_metadata(path: Path, input_path: str, output_path: str) -> None:
-    """Replaces papermill's absolute input/output paths with paths relative to the root, and
-    strips TensorFlow's start-up lines from the outputs."""
+def hardware() -> dict:
+    """What the kernels run on: ``{"accelerator": "GPU" or None, "description": ...}``.
+
+    Looked up without TensorFlow: ``nvidia-smi -L`` for NVIDIA GPUs, else the CPU cores.
+    """
+    import platform
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        try:
+            listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                    timeout=10).stdout.strip().splitlines()
+        except (OSError, subprocess.SubprocessError):
+            listed = []
+        gpus = [line.split(":", 1)[1].split("(")[0].strip() for line in listed if ":" in line]
+        if gpus:
+            return {"accelerator": "GPU", "description": f"{len(gpus)} x {gpus[0]}"}
+    return {"accelerator": None,
+            "description": f"CPU only: {os.cpu_count()} cores ({platform.machine()})"}
+
+
+def _portable_metadata(path: Path, input_path: str, output_path: str,
+                       machine: dict | None = None) -> None:
+    """Replaces papermill's absolute input/output paths with paths relative to the root,
+    strips TensorFlow's start-up lines from the outputs and records the hardware of the run.
+
+    The notebooks in ``notebooks/`` carry Colab's ``accelerator: GPU`` (Colab opens them on a
+    GPU runtime); an executed copy says what it actually ran on instead: the key is kept for
+    a GPU run and removed for a CPU one, and ``metadata.cnnlab.hardware`` describes it.
+    """
     import nbformat
 
     notebook = nbformat.read(path, as_version=4)
     strip_startup_logs(notebook)
     meta = notebook.metadata.get("papermill", {})
     meta.update(input_path=input_path, output_path=output_path)
+    machine = machine or hardware()
+    if machine["accelerator"]:
+        notebook.metadata["accelerator"] = machine["accelerator"]
+    else:
+        notebook.metadata.pop("accelerator", None)
+    notebook.metadata["cnnlab"] = {"hardware": machine["description"]}
     with atomic_path(path) as tmp:
         nbformat.write(notebook, tmp)
 
@@ -225,6 +259,7 @@ def run_notebooks(
         if os.environ.get(name):
             os.environ[name] = str(Path(os.environ[name]).expanduser().resolve())
     params["run_id"] = run_id
+    machine = hardware()
     selected = [n for n in NOTEBOOKS if not only or any(n.startswith(o) or n == o for o in only)]
     timings = []
     for index, name in enumerate(selected, start=1):
@@ -244,7 +279,7 @@ def run_notebooks(
                 f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
                 f"open {display_path(target)} to see the failing cell") from None
         seconds = time.perf_counter() - start
-        _portable_metadata(target, f"notebooks/{name}", f"reports/{run_id}/{name}")
+        _portable_metadata(target, f"notebooks/{name}", f"reports/{run_id}/{name}", machine)
         timings.append({"notebook": name, "seconds": round(seconds, 1)})
         print(f"[{index}/{len(selected)}] {name} done in {seconds:.0f} s", flush=True)
     table = pd.DataFrame(timings)
