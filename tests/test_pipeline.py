@@ -224,3 +224,52 @@ def test_a_run_prints_no_kernel_or_tensorflow_start_up_lines(project, capfd):
              if not keep_line(line) or "TCP without encryption" in line]
     assert noise == []
     assert "[1/1] 01_download_eda.ipynb done in" in captured.out
+
+
+def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(project):
+    import shutil
+
+    from cnnlab.results import END, START, publish_run
+
+    report = project.reports / "r1"
+    (report / "figures").mkdir(parents=True)
+    for name in NOTEBOOKS:
+        _executed(report / name, "r1", [f"cell of {name}\n"],
+                  injected="dataset = 'cards'\nrun_id = 'r1'\n")
+    notebook = nbformat.read(report / NOTEBOOKS[0], as_version=4)
+    notebook.metadata["papermill"]["parameters"].update(dataset="cards", mixed_dataset="houses")
+    notebook.metadata["cnnlab"] = {"hardware": "CPU only: 2 cores (x86_64)"}
+    nbformat.write(notebook, report / NOTEBOOKS[0])
+    pd.DataFrame({"model": ["mobilenet_v2", "retail_cnn"], "test images": [265, 265],
+                  "accuracy": [0.789, 0.3], "accuracy CI low": [0.736, 0.25],
+                  "accuracy CI high": [0.834, 0.36], "train minutes": [64.4, 3.0]}).to_csv(
+        report / "leaderboard.csv", index=False)
+    (report / "leaderboard.md").write_text("| model |\n|---|\n| mobilenet_v2 |\n")
+    pd.DataFrame({"model": ["fusion"], "MAPE %": [27.04], "MAPE % low": [23.1],
+                  "MAPE % high": [31.6], "inputs": ["tabular + photos"], "seconds": [32.0]}
+                 ).to_csv(report / "07_metrics.csv", index=False)
+    pd.DataFrame({"notebook": list(NOTEBOOKS), "seconds": [1.0] * 7}).to_csv(
+        report / "timings.csv", index=False)
+    (report / "figures" / "05_accuracy_vs_latency.png").write_bytes(b"png")
+    readme = project.root / "README.md"
+    readme.write_text(f"# x\n\n{START}\nold table\n{END}\n\nafter\n")
+    (project.root / "docs" / "benchmarks").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "docs" / "benchmarks" /
+                "time_to_accuracy.json", project.root / "docs" / "benchmarks")
+    publish_run("r1", project, readme)
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith("\nafter\n")
+    assert ("| cards | classification | `mobilenet_v2` | test accuracy 0.789 [0.736, 0.834] "
+            "(n=265) | 64.4 min training | [notebook 05](notebooks/05_evaluation.ipynb) |") in text
+    assert "test MAPE 27.0 [23.1, 31.6] %" in text
+    assert "| vehicles | classification (benchmark) |" in text
+    assert "cnnlab run --run-id r1` (CPU only: 2 cores (x86_64))" in text
+    assert (project.root / "notebooks" / NOTEBOOKS[0]).read_bytes() == (
+        report / NOTEBOOKS[0]).read_bytes()
+    assert (project.root / "docs" / "results" / "leaderboard.csv").is_file()
+    assert (project.root / "docs" / "figures" / "05_accuracy_vs_latency.png").is_file()
+    assert "## Seconds per notebook" in (project.root / "docs" / "results.md").read_text()
+    # A run whose notebooks fail the check is not published.
+    _executed(report / NOTEBOOKS[1], "other-run", ["x\n"])
+    with pytest.raises(ValueError, match="different runs"):
+        publish_run("r1", project, readme)

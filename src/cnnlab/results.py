@@ -1,0 +1,233 @@
+"""A run's results, published: its notebooks, tables and figures, and README's results table.
+
+``cnnlab run`` writes everything under ``reports/<run-id>/`` (git-ignored). :func:`publish_run`
+turns one such run into what is committed, so README, docs/ and the notebooks cannot disagree:
+
+- the seven executed notebooks are copied to ``notebooks/`` (after :func:`check_notebooks`
+  found nothing wrong with them);
+- the run's tables go to ``docs/results/`` (leaderboard, classification agreement, mixed
+  data metrics, seconds per notebook) and the figures README and docs show to
+  ``docs/figures/``;
+- ``docs/results.md`` is generated from those tables, and README's results table (between
+  ``<!-- results:start -->`` and ``<!-- results:end -->``) is rewritten from them, every
+  number linked to the notebook or file it comes from.
+
+Nothing is typed by hand: a number that is not in the run's files is not shown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from cnnlab.config import ProjectDirs, project_dirs
+from cnnlab.files import atomic_path, read_json, write_text
+from cnnlab.notebooks import NOTEBOOKS, check_notebooks
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+# Tables of a run that are committed, and the figures README and docs show.
+TABLES = ("leaderboard.csv", "leaderboard.md", "07_metrics.csv", "07_airbnb_metrics.csv",
+          "timings.csv")
+FIGURES = ("05_accuracy_vs_latency.png", "05_confused_block.png", "03_val_accuracy.png",
+           "04_segmentation.png", "07_predicted_vs_actual.png")
+README_FIGURE = "05_accuracy_vs_latency.png"
+
+
+def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def results_rows(results: Path, run_id: str, meta: dict,
+                 benchmarks: Path | None = None) -> list[dict]:
+    """README's results rows from a published run's tables (at most six).
+
+    Args:
+        results: ``docs/results/`` holding the run's tables.
+        run_id: The run's id.
+        meta: ``{"dataset": ..., "segment_dataset": ..., "mixed_dataset": ...}``.
+        benchmarks: ``docs/benchmarks/time_to_accuracy.json``, for a vehicles
+            classification row (optional).
+
+    Returns:
+        Rows ``dataset, task, best model, result, time, source`` (Markdown links relative to
+        the repository root).
+    """
+    rows = []
+    board_file = results / "leaderboard.csv"
+    if board_file.is_file():
+        board = pd.read_csv(board_file)
+        top = board.iloc[0]
+        minutes = top.get("train minutes")
+        rows.append({
+            "dataset": meta.get("dataset", "?"), "task": "classification",
+            "best model": f"`{top['model']}`",
+            "result": "test accuracy " + _interval(top["accuracy"], top["accuracy CI low"],
+                                                   top["accuracy CI high"])
+                      + f" (n={int(top['test images'])})",
+            "time": f"{minutes:.1f} min training" if pd.notna(minutes) else "",
+            "source": "[notebook 05](notebooks/05_evaluation.ipynb)"})
+    for agreement in sorted(results.glob("04_agreement_*.csv"))[:1]:
+        table = pd.read_csv(agreement, index_col=0)
+        if "all" in table.index:
+            row = table.loc["all"]
+            rows.append({
+                "dataset": meta.get("segment_dataset") or meta.get("dataset", "?"),
+                "task": "segmentation (DeepLabV3 vs folder label)",
+                "best model": f"`{agreement.stem.removeprefix('04_agreement_')}`",
+                "result": f"agreement {int(row['agree'])} of {int(row['images'])} images",
+                "time": "", "source": "[notebook 04](notebooks/04_segmentation.ipynb)"})
+    metrics_file = results / "07_metrics.csv"
+    if metrics_file.is_file():
+        metrics = pd.read_csv(metrics_file, index_col="model")
+        best = metrics.index[0]
+        row = metrics.loc[best]
+        rows.append({
+            "dataset": meta.get("mixed_dataset", "houses"), "task": "price regression",
+            "best model": f"`{best}` ({row['inputs']})",
+            "result": "test MAPE " + _interval(row["MAPE %"], row["MAPE % low"],
+                                               row["MAPE % high"], 1) + " %",
+            "time": f"{row['seconds']:.0f} s training",
+            "source": "[notebook 07](notebooks/07_mixed_data_regression.ipynb)"})
+    if benchmarks is not None and benchmarks.is_file():
+        runs = read_json(benchmarks).get("runs", {})
+        vehicles = [e for e in runs.values() if e.get("dataset") == "vehicles"
+                    and e.get("fine_tune", {}).get("test_accuracy") is not None]
+        if vehicles:
+            entry = max(vehicles, key=lambda e: e["fine_tune"]["test_accuracy"])
+            tuned = entry["fine_tune"]
+            rows.append({
+                "dataset": "vehicles", "task": "classification (benchmark)",
+                "best model": f"`{entry['backbone']}`, `fine_tune`",
+                "result": "test accuracy " + _interval(tuned["test_accuracy"],
+                                                       *tuned["test_interval"])
+                          + f" (n={tuned.get('test_images', '?')})",
+                "time": f"{tuned['seconds']:.0f} s",
+                "source": "[time to accuracy](docs/benchmarks/time_to_accuracy.md)"})
+    return rows[:6]
+
+
+def results_markdown(rows: list[dict], run_id: str, hardware: str,
+                     dataset: str = "the dataset") -> str:
+    """README's results block: the table, the run it comes from and its one figure."""
+    header = "| dataset | task | best model | result [95% CI] | time | from |"
+    lines = [START, "", header, "|---|---|---|---|---|---|"]
+    lines += [f"| {r['dataset']} | {r['task']} | {r['best model']} | {r['result']} | "
+              f"{r['time']} | {r['source']} |" for r in rows]
+    lines += ["", f"From `cnnlab run --run-id {run_id}` ({hardware}); every table of the run is "
+              f"in [docs/results.md](docs/results.md).", "",
+              f"![Test accuracy against latency per image, notebook 05](docs/figures/"
+              f"{README_FIGURE})", "",
+              f"Test accuracy against batch-1 latency of every model that "
+              f"[notebook 05](notebooks/05_evaluation.ipynb) scored on {dataset}; filled "
+              f"points are the Pareto front.", END]
+    return "\n".join(lines)
+
+
+def _results_page(results: Path, run_id: str, hardware: str) -> str:
+    parts = [f"# Results of run `{run_id}`", "",
+             f"Generated by `python scripts/publish_run.py {run_id}` from the run's files "
+             f"({hardware}); do not edit by hand.", ""]
+    for name, title in (("leaderboard.md", "Leaderboard (notebook 05)"),):
+        if (results / name).is_file():
+            parts += [f"## {title}", "", (results / name).read_text().strip(), ""]
+    for csv, title in (("07_metrics.csv", "Mixed data, test split (notebook 07)"),
+                       ("07_airbnb_metrics.csv", "Airbnb course CSVs (notebook 07)"),
+                       ("timings.csv", "Seconds per notebook")):
+        if (results / csv).is_file():
+            table = pd.read_csv(results / csv)
+            parts += [f"## {title}", "", table.round(3).to_markdown(index=False), ""]
+    for agreement in sorted(results.glob("04_agreement_*.csv")):
+        table = pd.read_csv(agreement)
+        parts += [f"## Classification agreement, {agreement.stem.removeprefix('04_agreement_')} "
+                  f"(notebook 04)", "", table.round(3).to_markdown(index=False), ""]
+    return "\n".join(parts)
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def publish_run(run_id: str, dirs: ProjectDirs | None = None, readme: Path | None = None
+                ) -> list[Path]:
+    """Publishes ``reports/<run_id>/``: notebooks, tables, figures, docs/results.md, README.
+
+    Args:
+        run_id: A finished ``cnnlab run`` of all seven notebooks.
+        dirs: Project folders.
+        readme: README to update (default: ``README.md`` at the root); it must hold the
+            ``<!-- results:start -->`` and ``<!-- results:end -->`` markers.
+
+    Returns:
+        The files written.
+
+    Raises:
+        FileNotFoundError: If the run or one of its seven notebooks is missing.
+        ValueError: If :func:`check_notebooks` finds a problem (each is listed), or the README
+            has no markers.
+    """
+    import nbformat
+
+    dirs = dirs or project_dirs()
+    report = dirs.reports / run_id
+    executed = [report / name for name in NOTEBOOKS]
+    missing = [p.name for p in executed if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"reports/{run_id} lacks {', '.join(missing)}; run all seven "
+                                f"notebooks with cnnlab run --run-id {run_id}")
+    problems = check_notebooks(executed)
+    if problems:
+        raise ValueError("not published:\n" + "\n".join(problems))
+    readme = readme or dirs.root / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise ValueError(f"{readme.name} has no {START} ... {END} block to fill")
+    notebook = nbformat.read(executed[0], as_version=4)
+    parameters = notebook.metadata.get("papermill", {}).get("parameters", {})
+    hardware = notebook.metadata.get("cnnlab", {}).get("hardware", "hardware not recorded")
+    written = []
+    for path in executed:
+        _copy(path, dirs.root / "notebooks" / path.name)
+        written.append(dirs.root / "notebooks" / path.name)
+    results = dirs.root / "docs" / "results"
+    for name in (*TABLES, *(p.name for p in report.glob("04_agreement_*.csv"))):
+        if (report / name).is_file():
+            _copy(report / name, results / name)
+            written.append(results / name)
+    for name in FIGURES:
+        if (report / "figures" / name).is_file():
+            _copy(report / "figures" / name, dirs.root / "docs" / "figures" / name)
+            written.append(dirs.root / "docs" / "figures" / name)
+    page = dirs.root / "docs" / "results.md"
+    write_text(page, _results_page(results, run_id, hardware) + "\n")
+    written.append(page)
+    rows = results_rows(results, run_id, parameters,
+                        dirs.root / "docs" / "benchmarks" / "time_to_accuracy.json")
+    block = results_markdown(rows, run_id, hardware, parameters.get("dataset", "the dataset"))
+    before, rest = text.split(START, 1)
+    after = rest.split(END, 1)[1]
+    write_text(readme, before + block + after)
+    written.append(readme)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python scripts/publish_run.py RUN_ID``: prints what was written, or why not."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python scripts/publish_run.py RUN_ID", file=sys.stderr)
+        return 2
+    try:
+        written = publish_run(argv[0])
+    except (FileNotFoundError, ValueError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    root = project_dirs().root
+    print("\n".join(os.path.relpath(p, root) for p in written))
+    return 0
