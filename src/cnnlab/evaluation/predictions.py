@@ -9,7 +9,6 @@ the test split is scored once and every reader sees the same numbers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from cnnlab.evaluation.metrics import (
     wilson_interval,
 )
 from cnnlab.files import atomic_path
+from cnnlab.training.cached_features import split_fingerprint
 
 
 @dataclass
@@ -197,14 +197,6 @@ def predictions_path(model: str | os.PathLike, split: str) -> Path:
     return model_folder(model) / PREDICTIONS_FOLDER / f"{split}.npz"
 
 
-def rows_fingerprint(rows: pd.DataFrame) -> str:
-    """SHA-256 over a split's files and labels, in order: the predictions are for these rows."""
-    digest = hashlib.sha256()
-    for file, label in zip(rows["file"].astype(str), rows["label_index"].astype(int)):
-        digest.update(f"{file}\t{label}\n".encode())
-    return digest.hexdigest()
-
-
 def _model_stamp(folder: Path) -> str:
     """Size and modification time of ``model.keras``: a re-saved model has other predictions."""
     stat = (folder / MODEL_FILES[".keras"]).stat()
@@ -260,7 +252,7 @@ def split_predictions(
     folder = model_folder(model)
     rows = rows.reset_index(drop=True)
     path = predictions_path(folder, split)
-    stamp, fingerprint = _model_stamp(folder), rows_fingerprint(rows)
+    stamp, fingerprint = _model_stamp(folder), split_fingerprint(rows)
     if path.is_file():
         saved = _read_saved(path, stamp, fingerprint, class_names)
         if saved is not None:

@@ -8,6 +8,7 @@ use (see ``cnnlab._exports``).
 from cnnlab._exports import lazy_exports
 
 _EXPORTS = {
+    "stage_two_layers": "fine_tuning",
     "fine_tune_stages": "stages",
     "POOL_LAYER": "cached_features",
     "split_fingerprint": "cached_features",

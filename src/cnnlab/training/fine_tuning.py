@@ -67,16 +67,31 @@ def set_fine_tune_trainable(model: keras.Model, train_bn: bool = False,
     backbone = find_backbone(model)
     if backbone is None:
         raise ValueError(f"{model.name} has no nested backbone to fine-tune")
+    unfrozen = {id(layer) for layer in stage_two_layers(backbone, unfreeze, train_bn)}
+    backbone.trainable = True
+    for layer in backbone.layers:
+        layer.trainable = id(layer) in unfrozen
+    return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
+
+
+def stage_two_layers(backbone: keras.Model, unfreeze: str = "top",
+                     train_bn: bool = False) -> list[keras.layers.Layer]:
+    """The backbone layers that stage 2 of fine-tuning trains.
+
+    Args:
+        backbone: A backbone built by ``models.transfer.build_backbone``.
+        unfreeze: ``"top"`` (from :func:`cnnlab.models.transfer.fine_tune_boundary` on) or
+            ``"all"``.
+        train_bn: Include BatchNormalization layers.
+
+    Raises:
+        ValueError: If ``unfreeze`` is not in ``recipes.UNFREEZE_RULES``.
+    """
     if unfreeze not in UNFREEZE_RULES:
         raise ValueError(f"unknown unfreeze rule {unfreeze!r}; choose one of {UNFREEZE_RULES}")
     start = fine_tune_boundary(backbone) if unfreeze == "top" else 0
-    backbone.trainable = True
-    count = 0
-    for index, layer in enumerate(backbone.layers):
-        is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = index >= start and (train_bn or not is_bn)
-        count += bool(layer.trainable and layer.weights)
-    return count
+    return [layer for layer in backbone.layers[start:]
+            if train_bn or not isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def _frozen_stage(model, data: TrainingData, run: RunFolder, epochs: int, lr: float,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import keras
 import pandas as pd
 
-from cnnlab.models.transfer import find_backbone, fine_tune_boundary
+from cnnlab.models.transfer import find_backbone
+from cnnlab.training.fine_tuning import stage_two_layers
 from cnnlab.training.recipes import FineTuneRecipe, group_multipliers
 
 
@@ -45,10 +46,8 @@ def fine_tune_stages(result) -> pd.DataFrame:
     recipe = FineTuneRecipe(**args["recipe"])
     layers = [layer for layer in backbone.layers if layer.weights]
     norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
-    start = fine_tune_boundary(backbone) if recipe.unfreeze == "top" else 0
-    index = {id(layer): i for i, layer in enumerate(backbone.layers)}
-    unfrozen = [layer for layer in layers if index[id(layer)] >= start and (
-        recipe.train_bn or not isinstance(layer, keras.layers.BatchNormalization))]
+    unfrozen = [layer for layer in stage_two_layers(backbone, recipe.unfreeze, recipe.train_bn)
+                if layer.weights]
     peak = rate * recipe.lr_scale
     multipliers = group_multipliers(recipe.lr_mult, recipe.groups) if recipe.lr_mult != 1 \
         else [1.0]
