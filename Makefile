@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATASET ?= sample
-PROFILE ?= cpu
-# local: ImageNet weights from files in WEIGHTS_DIR where present, random init elsewhere (said
-# in every output); WEIGHTS=imagenet downloads them through Keras instead.
-WEIGHTS ?= local
+# quick: the generated sample in under 5 minutes on 2 CPU cores; cpu: a real dataset on a CPU.
+PROFILE ?= $(if $(filter sample,$(DATASET)),quick,cpu)
 WEIGHTS_DIR ?= $(firstword $(wildcard ../shared/weights))
+# local: ImageNet weights from files in WEIGHTS_DIR where present, random init elsewhere (said
+# in every output); imagenet (the default with no WEIGHTS_DIR) downloads them through Keras.
+WEIGHTS ?= $(if $(WEIGHTS_DIR),local,imagenet)
 # Notebook 07: the Houses dataset and the Airbnb course CSVs, if ../shared is beside the checkout.
 export CNNLAB_HOUSES_DIR ?= $(abspath $(firstword $(wildcard ../shared/datasets/houses)))
 export CNNLAB_AIRBNB_DIR ?= $(abspath $(firstword $(wildcard ../shared/datasets/airbnb-madrid)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 import types
 import warnings
@@ -171,6 +172,26 @@ def test_fallback_to_tf_lite_warns(monkeypatch: pytest.MonkeyPatch, deeplab_dir:
     with pytest.warns(RuntimeWarning, match="tf.lite.Interpreter"):
         seg = DeepLabSegmenter(path=deeplab_dir)
     assert seg.predict_mask(np.zeros((8, 8, 3), np.uint8)).shape == (8, 8)
+
+
+@pytest.mark.shared
+def test_no_xnnpack_log_line(deeplab_dir: Path) -> None:
+    """LiteRT logs "Created TensorFlow Lite XNNPACK delegate" on fd 2 (once per process)."""
+    model = str(deeplab_model_path(path=deeplab_dir))
+    ours = ("import sys, numpy as np\n"
+            "from cnnlab.segmentation.deeplab import DeepLabSegmenter\n"
+            "DeepLabSegmenter(path=sys.argv[1]).predict_mask(np.zeros((8, 8, 3), np.uint8))\n")
+    raw = ("import sys\n"
+           "from ai_edge_litert.interpreter import Interpreter\n"
+           "Interpreter(model_path=sys.argv[1]).allocate_tensors()\n")
+    stderr = {}
+    for name, code, arg in (("ours", ours, str(deeplab_dir)), ("raw", raw, model)):
+        result = subprocess.run([sys.executable, "-c", code, arg], capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        stderr[name] = result.stderr
+    assert "XNNPACK delegate" in stderr["raw"]  # the line exists, so the next check can fail
+    assert "XNNPACK delegate" not in stderr["ours"]
 
 
 # --------------------------------------------------------------------------- inference

@@ -95,7 +95,7 @@ def _portable_path(key: str, value, root: Path):
 # What no committed notebook may contain (check_notebooks): TensorFlow's start-up lines and
 # paths that only exist on the machine that ran it.
 FORBIDDEN_OUTPUT = ("absl::InitializeLog", "oneDNN", "cuda drivers", "../", "/home/",
-                    "/Users/", "/content/drive", "/tmp/")
+                    "/Users/", "/content/drive", "/tmp/", "XNNPACK delegate")
 MAX_NOTEBOOK_BYTES = 1024 * 1024
 
 

@@ -13,6 +13,7 @@ real error from the import is never hidden.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import os
@@ -28,12 +29,39 @@ STARTUP_LOG_LINES = re.compile(
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate "
     r"compiler flags\."
     r"|.*oneDNN custom operations are on\..*"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
     r"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\..*)$")
 
 
 def keep_line(line: str) -> bool:
     """Whether a stderr line is worth showing (not one of :data:`STARTUP_LOG_LINES`)."""
     return not STARTUP_LOG_LINES.match(line.rstrip("\r\n"))
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Captures fd 2 (where C++ code logs) for the block, then replays all but known lines.
+
+    TensorFlow's and LiteRT's native code write their start-up lines (:data:`STARTUP_LOG_LINES`)
+    straight to file descriptor 2, past ``sys.stderr`` and Python's logging, so only a capture
+    of the descriptor drops them. Every other line is written to ``sys.stderr`` after the
+    block, errors included.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace")
+            kept = [line for line in text.splitlines(keepends=True) if keep_line(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 class _QuietLoader(importlib.abc.Loader):
@@ -46,21 +74,8 @@ class _QuietLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile(mode="w+b") as captured:
-            os.dup2(captured.fileno(), 2)
-            try:
-                self.loader.exec_module(module)
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                captured.seek(0)
-                text = captured.read().decode("utf-8", "replace")
-                kept = [line for line in text.splitlines(keepends=True) if keep_line(line)]
-                if kept:
-                    sys.stderr.write("".join(kept))
-                    sys.stderr.flush()
+        with quiet_native_logs():
+            self.loader.exec_module(module)
 
 
 class _TensorFlowFinder(importlib.abc.MetaPathFinder):

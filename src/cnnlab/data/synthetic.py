@@ -2,21 +2,26 @@
 
 It exists so that every notebook runs with no network, no credentials and no GPU. It is
 synthetic and is labelled so wherever it is shown. Four classes of objects (circle, square,
-triangle, star) vary in position, scale, rotation, colour and background (flat, gradient or
-noise, with distractor lines); each image has a mask whose pixels hold the class index + 1
-on the object and 0 on the background.
+triangle, star) vary in position, scale (radius 20-38% of the side), rotation, colour and
+background (flat, a gradient or mild noise, with up to two 1-px distractor lines); the object's
+luma always differs from the background's by at least 80 of 255, so the class is visible in
+every image and a small CNN learns it in a minute on a CPU. Each image has a mask whose pixels
+hold the class index + 1 on the object and 0 on the background.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 SAMPLE_CLASSES = ("circle", "square", "triangle", "star")
+# Bumped whenever render_sample draws differently, so an older generated folder is replaced.
+GENERATOR_VERSION = 2
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -34,24 +39,39 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     return points
 
 
-def _background(rng: np.random.Generator, size: int) -> Image.Image:
+def _luminance(rgb) -> float:
+    """ITU-R BT.601 luma of an RGB triple, 0-255."""
+    r, g, b = rgb
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def _background(rng: np.random.Generator, size: int) -> tuple[Image.Image, float]:
     kind = rng.integers(3)
     base = rng.integers(0, 256, 3)
     if kind == 0:
         array = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
     elif kind == 1:
-        other = rng.integers(0, 256, 3)
+        # A gradient towards a colour of similar luma, so the object stays visible across it.
+        other = np.clip(base + rng.integers(-60, 61, 3), 0, 255)
         t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
         array = np.broadcast_to(base * (1 - t) + other * t, (size, size, 3))
         array = array.transpose(1, 0, 2) if rng.random() < 0.5 else array
     else:
-        array = base + rng.normal(0, 40, (size, size, 3))
+        array = base + rng.normal(0, 12, (size, size, 3))
     image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(0, 4)):
+    for _ in range(rng.integers(0, 3)):  # thin distractor lines, never thicker than 1 px
         xy = [tuple(rng.integers(0, size, 2).tolist()) for _ in range(2)]
-        draw.line(xy, fill=tuple(rng.integers(0, 256, 3).tolist()), width=int(rng.integers(1, 3)))
-    return image
+        draw.line(xy, fill=tuple(rng.integers(0, 256, 3).tolist()), width=1)
+    return image, _luminance(np.clip(array.mean(axis=(0, 1)), 0, 255))
+
+
+def _contrasting_colour(rng: np.random.Generator, background_luma: float) -> tuple[int, ...]:
+    """A random colour whose luma differs from the background's by at least 80 (of 255)."""
+    while True:
+        colour = tuple(rng.integers(0, 256, 3).tolist())
+        if abs(_luminance(colour) - background_luma) >= 80:
+            return colour
 
 
 def render_sample(kind: str, rng: np.random.Generator, size: int = 128):
@@ -66,11 +86,11 @@ def render_sample(kind: str, rng: np.random.Generator, size: int = 128):
         ``(image, mask)``: an RGB ``PIL.Image`` and an ``(size, size)`` uint8 array holding
         ``SAMPLE_CLASSES.index(kind) + 1`` on the object and 0 elsewhere.
     """
-    image = _background(rng, size)
+    image, background_luma = _background(rng, size)
     mask_image = Image.new("L", (size, size), 0)
-    r = size * rng.uniform(0.15, 0.35)
-    cx, cy = rng.uniform(r, size - r, 2)
-    colour = tuple(rng.integers(0, 256, 3).tolist())
+    r = size * rng.uniform(0.25, 0.4)
+    cx, cy = size / 2 + size * rng.uniform(-0.1, 0.1, 2)
+    colour = _contrasting_colour(rng, background_luma)
     label = SAMPLE_CLASSES.index(kind) + 1
     for target, fill in ((ImageDraw.Draw(image), colour), (ImageDraw.Draw(mask_image), label)):
         if kind == "circle":
@@ -81,13 +101,15 @@ def render_sample(kind: str, rng: np.random.Generator, size: int = 128):
 
 
 def make_sample_dataset(
-    root: str | os.PathLike, per_class: int = 80, size: int = 128, seed: int = 0
+    root: str | os.PathLike, per_class: int = 250, size: int = 128, seed: int = 0
 ) -> Path:
     """Writes the synthetic ``sample`` dataset (deterministic from ``seed``).
 
     Layout: ``root/images/<class>/<class>_NNN.png`` and ``root/masks/<class>/<class>_NNN.png``
     (mask pixel = class index + 1 on the object, 0 elsewhere). Nothing is rewritten if the
-    folder already holds a complete dataset made with the same arguments.
+    folder already holds a complete dataset made with the same arguments and
+    :data:`GENERATOR_VERSION`; otherwise its ``images/`` and ``masks/`` are replaced (the
+    folder holds generated files only).
 
     Args:
         root: Destination folder.
@@ -99,17 +121,30 @@ def make_sample_dataset(
         ``root/images``, a class-per-folder tree.
     """
     root = Path(root)
-    stamp = root / f".complete-{per_class}-{size}-{seed}"
-    if stamp.exists():
+    stamp = f".complete-v{GENERATOR_VERSION}-{per_class}-{size}-{seed}"
+    if (root / stamp).exists():
         return root / "images"
+    # Generated next to the destination, then renamed into place: an interrupted run leaves no
+    # half-written dataset, and images of an older generator version are replaced whole.
+    staging = root.parent / f".{root.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
     rng = np.random.default_rng(seed)
     for kind in SAMPLE_CLASSES:
-        (root / "images" / kind).mkdir(parents=True, exist_ok=True)
-        (root / "masks" / kind).mkdir(parents=True, exist_ok=True)
+        (staging / "images" / kind).mkdir(parents=True)
+        (staging / "masks" / kind).mkdir(parents=True)
         for index in range(per_class):
             image, mask = render_sample(kind, rng, size)
             name = f"{kind}_{index:03d}.png"
-            image.save(root / "images" / kind / name)
-            Image.fromarray(mask, "L").save(root / "masks" / kind / name)
-    stamp.touch()
+            image.save(staging / "images" / kind / name)
+            Image.fromarray(mask, "L").save(staging / "masks" / kind / name)
+    (staging / stamp).touch()
+    root.mkdir(parents=True, exist_ok=True)
+    for part in ("images", "masks"):
+        if (root / part).exists():
+            shutil.rmtree(root / part)
+        (staging / part).rename(root / part)
+    for old in root.glob(".complete-*"):
+        old.unlink()
+    (staging / stamp).rename(root / stamp)
+    staging.rmdir()
     return root / "images"

@@ -49,6 +49,7 @@ from keras import ops
 import cnnlab.models.transfer  # noqa: F401  (registers BackbonePreprocessing for deserialisation)
 from cnnlab.config import display_path
 from cnnlab.files import atomic_path, keep_previous, read_json, remove_stale_temporaries
+from cnnlab.startup_logs import quiet_native_logs
 
 
 class _ScalarOperandMixin:
@@ -395,7 +396,8 @@ def tflite_interpreter(path: str | os.PathLike):
 
     try:
         interpreter = Interpreter(model_path=str(path))
-        interpreter.allocate_tensors()
+        with quiet_native_logs():  # LiteRT's "Created ... XNNPACK delegate" line
+            interpreter.allocate_tensors()
         return interpreter, "xnnpack"
     except RuntimeError as error:
         if "XNNPACK" not in str(error):

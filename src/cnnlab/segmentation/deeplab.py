@@ -41,6 +41,7 @@ import pandas as pd
 from PIL import Image
 
 from cnnlab.files import sha256_file
+from cnnlab.startup_logs import quiet_native_logs
 
 __all__ = [
     "DEEPLAB_DIR_ENV",
@@ -336,7 +337,8 @@ class DeepLabSegmenter(Segmenter):
         self.class_names = VOC_CLASSES
         self.model_path = deeplab_model_path(name, path)
         self._interpreter = _make_interpreter(self.model_path, num_threads)
-        self._interpreter.allocate_tensors()
+        with quiet_native_logs():  # LiteRT's "Created ... XNNPACK delegate" line
+            self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         size = self.spec.input_size
