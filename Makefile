@@ -16,7 +16,7 @@ ARGS ?=
 # A local copy of the DeepLab TFLite models, if this checkout has ../shared beside it.
 export CNNLAB_DEEPLAB_DIR ?= $(abspath $(firstword $(wildcard ../shared/models/deeplab)))
 
-.PHONY: install run test test-colab test-fast lint lab check-notebooks bench clean
+.PHONY: install run test test-colab test-fast lint lab check-notebooks bench bench-make-run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ BENCH_ARGS ?=
 bench: install
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/training.py $(BENCH_ARGS)
+
+# make run from an empty project folder, timed: docs/benchmarks/make_run.{json,md}.
+bench-make-run: install
+	$(BIN)/python benchmarks/make_run.py $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR))
 
 clean:
 	rm -rf $(VENV) $(COLAB_VENV) build src/*.egg-info

@@ -248,17 +248,20 @@ def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(pr
     pd.DataFrame({"model": ["fusion"], "MAPE %": [27.04], "MAPE % low": [23.1],
                   "MAPE % high": [31.6], "inputs": ["tabular + photos"], "seconds": [32.0]}
                  ).to_csv(report / "07_metrics.csv", index=False)
-    pd.DataFrame({"notebook": list(NOTEBOOKS), "seconds": [1.0] * 7}).to_csv(
+    pd.DataFrame({"notebook": list(NOTEBOOKS), "seconds": [1.0] * 6 + [625.4]}).to_csv(
         report / "timings.csv", index=False)
     (report / "figures" / "05_accuracy_vs_latency.png").write_bytes(b"png")
     readme = project.root / "README.md"
-    readme.write_text(f"# x\n\n{START}\nold table\n{END}\n\nafter\n")
+    readme.write_text(f"# x\n\n{START}\nold table\n{END}\n\n| notebook | time |\n|---|---|\n"
+                      f"| [07](notebooks/{NOTEBOOKS[6]}) | [9 s](notebooks/{NOTEBOOKS[6]}) |\n"
+                      f"\nafter\n")
     (project.root / "docs" / "benchmarks").mkdir(parents=True)
     shutil.copy(Path(__file__).resolve().parents[1] / "docs" / "benchmarks" /
                 "time_to_accuracy.json", project.root / "docs" / "benchmarks")
     publish_run("r1", project, readme)
     text = readme.read_text()
     assert "old table" not in text and text.endswith("\nafter\n")
+    assert f"| [07](notebooks/{NOTEBOOKS[6]}) | [10.4 min](notebooks/{NOTEBOOKS[6]}) |" in text
     assert ("| cards | classification | `mobilenet_v2` | test accuracy 0.789 [0.736, 0.834] "
             "(n=265) | 64.4 min training | [notebook 05](notebooks/05_evaluation.ipynb) |") in text
     assert "test MAPE 27.0 [23.1, 31.6] %" in text

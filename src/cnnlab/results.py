@@ -10,7 +10,8 @@ turns one such run into what is committed, so README, docs/ and the notebooks ca
   ``docs/figures/``;
 - ``docs/results.md`` is generated from those tables, and README's results table (between
   ``<!-- results:start -->`` and ``<!-- results:end -->``) is rewritten from them, every
-  number linked to the notebook or file it comes from.
+  number linked to the notebook or file it comes from; the run time column of README's
+  notebook table is filled from the run's ``timings.csv``.
 
 Nothing is typed by hand: a number that is not in the run's files is not shown.
 """
@@ -18,6 +19,7 @@ Nothing is typed by hand: a number that is not in the run's files is not shown.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -146,6 +148,30 @@ def _results_page(results: Path, run_id: str, hardware: str) -> str:
     return "\n".join(parts)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def fill_notebook_times(text: str, timings: pd.DataFrame) -> str:
+    """README's notebook table with each row's last cell set to the run's seconds.
+
+    A row is a table line whose first cell links ``notebooks/<name>``; its last cell becomes
+    ``[<time>](notebooks/<name>)`` from ``timings`` (columns ``notebook, seconds``). Rows of
+    notebooks the run did not time are left as they are.
+    """
+    seconds = dict(zip(timings["notebook"], timings["seconds"]))
+    lines = []
+    for line in text.split("\n"):
+        match = re.match(r"\| \[[^\]]+\]\(notebooks/([^)]+\.ipynb)\) \|", line)
+        if match and match.group(1) in seconds and line.rstrip().endswith("|"):
+            name = match.group(1)
+            cells = line.rstrip().rstrip("|").split(" | ")
+            cells[-1] = f"[{_duration(float(seconds[name]))}](notebooks/{name})"
+            line = " | ".join(cells) + " |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def _copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
@@ -210,7 +236,10 @@ def publish_run(run_id: str, dirs: ProjectDirs | None = None, readme: Path | Non
     block = results_markdown(rows, run_id, hardware, parameters.get("dataset", "the dataset"))
     before, rest = text.split(START, 1)
     after = rest.split(END, 1)[1]
-    write_text(readme, before + block + after)
+    text = before + block + after
+    if (results / "timings.csv").is_file():
+        text = fill_notebook_times(text, pd.read_csv(results / "timings.csv"))
+    write_text(readme, text)
     written.append(readme)
     return written
 
