@@ -217,8 +217,15 @@ def test_progress_lines_keep_one_line_per_model():
 def test_a_run_prints_no_kernel_or_tensorflow_start_up_lines(project, capfd):
     from cnnlab.startup_logs import keep_line
 
+    earlier = project.reports / "quiet"  # an earlier run of all seven under this run id
+    earlier.mkdir(parents=True)
+    pd.DataFrame({"notebook": list(NOTEBOOKS), "seconds": [99.0] * 7}).to_csv(
+        earlier / "timings.csv", index=False)
     run_notebooks({"dataset": "sample", "profile": "smoke"}, run_id="quiet", only=["01"],
                   dirs=project, log_output=False)
+    timings = pd.read_csv(earlier / "timings.csv")
+    assert list(timings["notebook"]) == list(NOTEBOOKS)  # the others' rows are kept
+    assert timings["seconds"].iloc[0] != 99.0 and set(timings["seconds"].iloc[1:]) == {99.0}
     captured = capfd.readouterr()
     noise = [line for line in (captured.out + captured.err).splitlines()
              if not keep_line(line) or "TCP without encryption" in line]

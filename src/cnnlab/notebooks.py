@@ -234,7 +234,8 @@ def run_notebooks(
         log_output: Stream cell outputs (epoch lines, model names) to the console.
 
     Returns:
-        Seconds per notebook, also written to ``reports/<run-id>/timings.csv``.
+        Seconds per notebook, also written to ``reports/<run-id>/timings.csv`` (with ``only``,
+        the rows of notebooks not rerun are kept from that file).
 
     Raises:
         NotebookFailed: At the first notebook that raises.
@@ -283,6 +284,13 @@ def run_notebooks(
         timings.append({"notebook": name, "seconds": round(seconds, 1)})
         print(f"[{index}/{len(selected)}] {name} done in {seconds:.0f} s", flush=True)
     table = pd.DataFrame(timings)
+    previous = out_dir / "timings.csv"
+    if only and previous.is_file():  # a rerun of some notebooks keeps the others' seconds
+        kept = pd.read_csv(previous)
+        kept = kept[~kept["notebook"].isin(table["notebook"]) & kept["notebook"].isin(NOTEBOOKS)]
+        table = pd.concat([kept, table], ignore_index=True)
+        table = table.sort_values("notebook", key=lambda c: c.map(NOTEBOOKS.index),
+                                  ignore_index=True)
     with atomic_path(out_dir / "timings.csv") as tmp:
         table.to_csv(tmp, index=False)
     return table
