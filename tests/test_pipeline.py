@@ -234,8 +234,6 @@ def test_a_run_prints_no_kernel_or_tensorflow_start_up_lines(project, capfd):
 
 
 def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(project):
-    import shutil
-
     from cnnlab.results import END, START, publish_run
 
     report = project.reports / "r1"
@@ -257,14 +255,17 @@ def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(pr
                  ).to_csv(report / "07_metrics.csv", index=False)
     pd.DataFrame({"notebook": list(NOTEBOOKS), "seconds": [1.0] * 6 + [625.4]}).to_csv(
         report / "timings.csv", index=False)
+    for name, agree, low, high in (("deeplabv3_257_float", 542, 0.644, 0.709),
+                                   ("deeplabv3_513_quant", 601, 0.720, 0.780)):
+        pd.DataFrame({"class": ["car", "all"], "images": [200, 800], "agree": [150, agree],
+                      "share": [0.75, agree / 800], "CI low": [0.686, low],
+                      "CI high": [0.805, high]}).to_csv(
+            report / f"04_agreement_{name}.csv", index=False)
     (report / "figures" / "05_accuracy_vs_latency.png").write_bytes(b"png")
     readme = project.root / "README.md"
     readme.write_text(f"# x\n\n{START}\nold table\n{END}\n\n| notebook | time |\n|---|---|\n"
                       f"| [07](notebooks/{NOTEBOOKS[6]}) | [9 s](notebooks/{NOTEBOOKS[6]}) |\n"
                       f"\nafter\n")
-    (project.root / "docs" / "benchmarks").mkdir(parents=True)
-    shutil.copy(Path(__file__).resolve().parents[1] / "docs" / "benchmarks" /
-                "time_to_accuracy.json", project.root / "docs" / "benchmarks")
     publish_run("r1", project, readme)
     text = readme.read_text()
     assert "old table" not in text and text.endswith("\nafter\n")
@@ -272,7 +273,8 @@ def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(pr
     assert ("| cards | classification | `mobilenet_v2` | test accuracy 0.789 [0.736, 0.834] "
             "(n=265) | 64.4 min training | [notebook 05](notebooks/05_evaluation.ipynb) |") in text
     assert "test MAPE 27.0 [23.1, 31.6] %" in text
-    assert "| vehicles | classification (benchmark) |" in text
+    assert "classification (benchmark)" not in text  # only the run's own results
+    assert "agreement 0.751 [0.720, 0.780] (601 of 800 images)" in text  # the better backend
     assert "cnnlab run --run-id r1` (CPU only: 2 cores (x86_64))" in text
     assert (project.root / "notebooks" / NOTEBOOKS[0]).read_bytes() == (
         report / NOTEBOOKS[0]).read_bytes()

@@ -216,14 +216,14 @@ PROFILES: dict[str, Profile] = {
     # BatchNorm CNN needs about 20 epochs before its inference-mode statistics settle), the two
     # backbones with ImageNet files at 96 px, a small DeepLabV3+ on 200 mask pairs.
     "quick": Profile(
-        name="quick", image_size=96, custom_image_size=32, batch_size=32, custom_epochs=30,
-        freeze_epochs=8, fine_tune_epochs=2,
+        name="quick", image_size=96, custom_image_size=32, batch_size=32, custom_epochs=22,
+        freeze_epochs=6, fine_tune_epochs=2,
         custom_models=("retail_cnn", "vehicles_cnn_bn"),
         backbones=("mobilenet_v3_small_075", "mobilenet_v2"),
-        segment_images=4, agreement_images=24, segment_image_size=64, segment_epochs=8,
+        segment_images=4, agreement_images=24, segment_image_size=64, segment_epochs=6,
         segment_batch_size=16, segment_filters=32, segment_max_pairs=200,
-        mixed_image_size=96, mixed_cnn_image_size=24, mixed_epochs=120, mixed_cnn_epochs=10,
-        mixed_patience=15,
+        mixed_image_size=96, mixed_cnn_image_size=24, mixed_epochs=80, mixed_cnn_epochs=5,
+        mixed_patience=10,
     ),
     # cpu: about an hour for cards (3,180 training images) on 2 cores. The two backbones with
     # ImageNet files offline (MobileNetV3Small 0.75, MobileNetV2) are fine-tuned with the

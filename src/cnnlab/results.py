@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from cnnlab.config import ProjectDirs, project_dirs
-from cnnlab.files import atomic_path, read_json, write_text
+from cnnlab.files import atomic_path, write_text
 from cnnlab.notebooks import NOTEBOOKS, check_notebooks
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -42,16 +42,13 @@ def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def results_rows(results: Path, run_id: str, meta: dict,
-                 benchmarks: Path | None = None) -> list[dict]:
+def results_rows(results: Path, run_id: str, meta: dict) -> list[dict]:
     """README's results rows from a published run's tables (at most six).
 
     Args:
         results: ``docs/results/`` holding the run's tables.
         run_id: The run's id.
         meta: ``{"dataset": ..., "segment_dataset": ..., "mixed_dataset": ...}``.
-        benchmarks: ``docs/benchmarks/time_to_accuracy.json``, for a vehicles
-            classification row (optional).
 
     Returns:
         Rows ``dataset, task, best model, result, time, source`` (Markdown links relative to
@@ -71,16 +68,20 @@ def results_rows(results: Path, run_id: str, meta: dict,
                       + f" (n={int(top['test images'])})",
             "time": f"{minutes:.1f} min training" if pd.notna(minutes) else "",
             "source": "[notebook 05](notebooks/05_evaluation.ipynb)"})
-    for agreement in sorted(results.glob("04_agreement_*.csv"))[:1]:
-        table = pd.read_csv(agreement, index_col=0)
-        if "all" in table.index:
-            row = table.loc["all"]
-            rows.append({
-                "dataset": meta.get("segment_dataset") or meta.get("dataset", "?"),
-                "task": "segmentation (DeepLabV3 vs folder label)",
-                "best model": f"`{agreement.stem.removeprefix('04_agreement_')}`",
-                "result": f"agreement {int(row['agree'])} of {int(row['images'])} images",
-                "time": "", "source": "[notebook 04](notebooks/04_segmentation.ipynb)"})
+    agreements = {path.stem.removeprefix("04_agreement_"): pd.read_csv(path, index_col=0)
+                  for path in sorted(results.glob("04_agreement_*.csv"))}
+    agreements = {name: table.loc["all"] for name, table in agreements.items()
+                  if "all" in table.index}
+    if agreements:  # the backend whose largest segment matches the folder's class most often
+        name, row = max(agreements.items(), key=lambda item: item[1]["agree"] / item[1]["images"])
+        share = _interval(row["share"], row["CI low"], row["CI high"]) if "CI low" in row else (
+            f"{row['agree'] / row['images']:.3f}")
+        rows.append({
+            "dataset": meta.get("segment_dataset") or meta.get("dataset", "?"),
+            "task": "segmentation (DeepLabV3 vs folder label)",
+            "best model": f"`{name}`",
+            "result": f"agreement {share} ({int(row['agree'])} of {int(row['images'])} images)",
+            "time": "", "source": "[notebook 04](notebooks/04_segmentation.ipynb)"})
     metrics_file = results / "07_metrics.csv"
     if metrics_file.is_file():
         metrics = pd.read_csv(metrics_file, index_col="model")
@@ -93,21 +94,6 @@ def results_rows(results: Path, run_id: str, meta: dict,
                                                row["MAPE % high"], 1) + " %",
             "time": f"{row['seconds']:.0f} s training",
             "source": "[notebook 07](notebooks/07_mixed_data_regression.ipynb)"})
-    if benchmarks is not None and benchmarks.is_file():
-        runs = read_json(benchmarks).get("runs", {})
-        vehicles = [e for e in runs.values() if e.get("dataset") == "vehicles"
-                    and e.get("fine_tune", {}).get("test_accuracy") is not None]
-        if vehicles:
-            entry = max(vehicles, key=lambda e: e["fine_tune"]["test_accuracy"])
-            tuned = entry["fine_tune"]
-            rows.append({
-                "dataset": "vehicles", "task": "classification (benchmark)",
-                "best model": f"`{entry['backbone']}`, `fine_tune`",
-                "result": "test accuracy " + _interval(tuned["test_accuracy"],
-                                                       *tuned["test_interval"])
-                          + f" (n={tuned.get('test_images', '?')})",
-                "time": f"{tuned['seconds']:.0f} s",
-                "source": "[time to accuracy](docs/benchmarks/time_to_accuracy.md)"})
     return rows[:6]
 
 
@@ -124,7 +110,9 @@ def results_markdown(rows: list[dict], run_id: str, hardware: str,
               f"{README_FIGURE})", "",
               f"Test accuracy against batch-1 latency of every model that "
               f"[notebook 05](notebooks/05_evaluation.ipynb) scored on {dataset}; filled "
-              f"points are the Pareto front.", END]
+              f"points are the Pareto front. The one-call `fine_tune` against a plain Keras "
+              f"recipe on the same images, on cards and vehicles: "
+              f"[time to accuracy](docs/benchmarks/time_to_accuracy.md).", END]
     return "\n".join(lines)
 
 
@@ -231,8 +219,7 @@ def publish_run(run_id: str, dirs: ProjectDirs | None = None, readme: Path | Non
     page = dirs.root / "docs" / "results.md"
     write_text(page, _results_page(results, run_id, hardware) + "\n")
     written.append(page)
-    rows = results_rows(results, run_id, parameters,
-                        dirs.root / "docs" / "benchmarks" / "time_to_accuracy.json")
+    rows = results_rows(results, run_id, parameters)
     block = results_markdown(rows, run_id, hardware, parameters.get("dataset", "the dataset"))
     before, rest = text.split(START, 1)
     after = rest.split(END, 1)[1]
