@@ -322,17 +322,28 @@ def plot_accuracy_vs_latency(board: pd.DataFrame, latency: str = "ms/image (batc
                    label="Pareto front" if on_front else "dominated")
     edge = board[front].sort_values(latency)
     ax.step(edge[latency], edge["accuracy"], where="post", c="tab:blue", alpha=0.5, zorder=1)
-    # Labels of nearby points are stacked downwards instead of overprinted: a label takes the
-    # first line (11 points, about 0.05 of accuracy) free of the labels placed near it.
-    placed: list[tuple[float, float]] = []  # (log10 latency, label height in accuracy units)
+    # Labels of nearby points are stacked instead of overprinted: a label takes the first line
+    # (11 points, about 0.05 of accuracy) free of the labels placed near it, downwards from a
+    # high point and upwards from one in the bottom quarter, so that it stays inside the axes.
+    # Points in the right quarter of the latency range are labelled on their left; a label
+    # moved off its point is joined to it by a thin line.
+    logs = np.log10(board[latency].astype(float))
+    right_edge = logs.min() + 0.75 * (logs.max() - logs.min())
+    bottom = 0.25 * float(board["accuracy"].max())
+    placed: list[tuple[bool, float, float]] = []  # (label on the left, log10 latency, height)
     for _, row in board.sort_values("accuracy", ascending=False).iterrows():
         x, y = np.log10(float(row[latency])), float(row["accuracy"])
+        left, step = bool(x > right_edge), (0.05 if y < bottom else -0.05)
         line = 0
-        while any(abs(x - px) < 0.35 and abs(y - 0.05 * line - py) < 0.045 for px, py in placed):
+        while any(side == left and abs(x - px) < 0.35 and abs(y + step * line - py) < 0.045
+                  for side, px, py in placed):
             line += 1
-        placed.append((x, y - 0.05 * line))
+        placed.append((left, x, y + step * line))
         ax.annotate(row["model"], (row[latency], row["accuracy"]), textcoords="offset points",
-                    xytext=(6, 4 - 11 * line), fontsize=8)
+                    xytext=(-6 if left else 6, 4 + 11 * line * (1 if step > 0 else -1)),
+                    ha="right" if left else "left", va="center" if line else "baseline",
+                    fontsize=8, arrowprops=dict(arrowstyle="-", color="grey", lw=0.5,
+                                                shrinkA=0, shrinkB=4) if line else None)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
