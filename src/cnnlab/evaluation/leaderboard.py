@@ -322,23 +322,27 @@ def plot_accuracy_vs_latency(board: pd.DataFrame, latency: str = "ms/image (batc
                    label="Pareto front" if on_front else "dominated")
     edge = board[front].sort_values(latency)
     ax.step(edge[latency], edge["accuracy"], where="post", c="tab:blue", alpha=0.5, zorder=1)
-    # Labels of nearby points are stacked instead of overprinted: a label takes the first line
-    # (11 points, about 0.05 of accuracy) free of the labels placed near it, downwards from a
-    # high point and upwards from one in the bottom quarter, so that it stays inside the axes.
-    # Points in the right quarter of the latency range are labelled on their left; a label
-    # moved off its point is joined to it by a thin line.
+    # Labels are stacked instead of overprinted: a label takes the first line (11 points,
+    # about 0.05 of accuracy) where its text overlaps no label placed before it, downwards from
+    # a high point and upwards from one in the bottom quarter, so that it stays inside the
+    # axes. Points in the right quarter of the latency range are labelled on their left; a
+    # label moved off its point is joined to it by a thin line.
     logs = np.log10(board[latency].astype(float))
+    span = max(float(logs.max() - logs.min()), 0.1) * 1.1
+    per_char = span * 5.0 / 370  # an 8-pt character is about 5 pt of the 370-pt wide axes
     right_edge = logs.min() + 0.75 * (logs.max() - logs.min())
     bottom = 0.25 * float(board["accuracy"].max())
-    placed: list[tuple[bool, float, float]] = []  # (label on the left, log10 latency, height)
+    placed: list[tuple[float, float, float]] = []  # (text start, text end, height) in data units
     for _, row in board.sort_values("accuracy", ascending=False).iterrows():
         x, y = np.log10(float(row[latency])), float(row["accuracy"])
         left, step = bool(x > right_edge), (0.05 if y < bottom else -0.05)
+        width = per_char * (len(str(row["model"])) + 1)
+        start, end = (x - width, x) if left else (x, x + width)
         line = 0
-        while any(side == left and abs(x - px) < 0.35 and abs(y + step * line - py) < 0.045
-                  for side, px, py in placed):
+        while any(start < p_end and p_start < end and abs(y + step * line - height) < 0.045
+                  for p_start, p_end, height in placed):
             line += 1
-        placed.append((left, x, y + step * line))
+        placed.append((start, end, y + step * line))
         ax.annotate(row["model"], (row[latency], row["accuracy"]), textcoords="offset points",
                     xytext=(-6 if left else 6, 4 + 11 * line * (1 if step > 0 else -1)),
                     ha="right" if left else "left", va="center" if line else "baseline",
