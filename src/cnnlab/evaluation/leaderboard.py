@@ -18,7 +18,10 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from cnnlab.config import display_path
 from cnnlab.deploy.export import (
@@ -322,32 +325,6 @@ def plot_accuracy_vs_latency(board: pd.DataFrame, latency: str = "ms/image (batc
                    label="Pareto front" if on_front else "dominated")
     edge = board[front].sort_values(latency)
     ax.step(edge[latency], edge["accuracy"], where="post", c="tab:blue", alpha=0.5, zorder=1)
-    # Labels are stacked instead of overprinted: a label takes the first line (11 points,
-    # about 0.05 of accuracy) where its text overlaps no label placed before it, downwards from
-    # a high point and upwards from one in the bottom quarter, so that it stays inside the
-    # axes. Points in the right quarter of the latency range are labelled on their left; a
-    # label moved off its point is joined to it by a thin line.
-    logs = np.log10(board[latency].astype(float))
-    span = max(float(logs.max() - logs.min()), 0.1) * 1.1
-    per_char = span * 5.0 / 370  # an 8-pt character is about 5 pt of the 370-pt wide axes
-    right_edge = logs.min() + 0.75 * (logs.max() - logs.min())
-    bottom = 0.25 * float(board["accuracy"].max())
-    placed: list[tuple[float, float, float]] = []  # (text start, text end, height) in data units
-    for _, row in board.sort_values("accuracy", ascending=False).iterrows():
-        x, y = np.log10(float(row[latency])), float(row["accuracy"])
-        left, step = bool(x > right_edge), (0.05 if y < bottom else -0.05)
-        width = per_char * (len(str(row["model"])) + 1)
-        start, end = (x - width, x) if left else (x, x + width)
-        line = 0
-        while any(start < p_end and p_start < end and abs(y + step * line - height) < 0.045
-                  for p_start, p_end, height in placed):
-            line += 1
-        placed.append((start, end, y + step * line))
-        ax.annotate(row["model"], (row[latency], row["accuracy"]), textcoords="offset points",
-                    xytext=(-6 if left else 6, 4 + 11 * line * (1 if step > 0 else -1)),
-                    ha="right" if left else "left", va="center" if line else "baseline",
-                    fontsize=8, arrowprops=dict(arrowstyle="-", color="grey", lw=0.5,
-                                                shrinkA=0, shrinkB=4) if line else None)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
@@ -361,7 +338,43 @@ def plot_accuracy_vs_latency(board: pd.DataFrame, latency: str = "ms/image (batc
     ax.set_title(title or f"{int(board['test images'].iloc[0])} test images; {device}",
                  fontsize=9)
     fig.tight_layout()
+    _label_points(fig, ax, board, latency)
     return fig
+
+
+def _label_points(fig: Figure, ax: Axes, board: pd.DataFrame, latency: str) -> None:
+    """Names each point without overprinting a marker or another name.
+
+    Labels are placed best model first, each on the first line (11 points apart) where its
+    rendered text overlaps no marker and no earlier label: downwards from a high point, upwards
+    from one in the bottom quarter, on the left of points in the right quarter of the latency
+    range. A label moved off its point is joined to it by a thin line.
+    """
+    renderer = fig.canvas.get_renderer()
+    radius = 5 * fig.dpi / 72  # half the marker (s=45 is about 7 points across), in pixels
+    occupied = []
+    for x, y in ax.transData.transform(board[[latency, "accuracy"]].to_numpy(float)):
+        occupied.append(Bbox([[x - radius, y - radius], [x + radius, y + radius]]))
+    logs = np.log10(board[latency].astype(float))
+    right_edge = logs.min() + 0.75 * (logs.max() - logs.min())
+    bottom = 0.25 * float(board["accuracy"].max())
+    for _, row in board.sort_values("accuracy", ascending=False).iterrows():
+        left = bool(np.log10(float(row[latency])) > right_edge)
+        up = float(row["accuracy"]) < bottom
+        for line in range(12):
+            label = ax.annotate(
+                row["model"], (row[latency], row["accuracy"]), textcoords="offset points",
+                xytext=(-6 if left else 6, 4 + 11 * line * (1 if up else -1)),
+                ha="right" if left else "left", va="center" if line else "baseline",
+                fontsize=8, arrowprops=dict(arrowstyle="-", color="grey", lw=0.5, shrinkA=0,
+                                            shrinkB=4) if line else None)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the text, not its line
+            if not any(box.overlaps(other) for other in occupied):
+                break
+            if line < 11:
+                label.remove()
+        occupied.append(box)
 
 
 def _interval(row: pd.Series, metric: str) -> str:
