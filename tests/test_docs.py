@@ -1,4 +1,5 @@
-"""README and docs/: every relative link resolves, and the README stays one or two screens."""
+"""README, docs/ and the committed notebooks: links resolve, the README stays one or two
+screens, the notebooks are clean outputs of one run."""
 
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ def test_every_relative_link_resolves(page):
 
 def test_the_readme_fits_a_screen_or_two():
     assert len((ROOT / "README.md").read_text(encoding="utf-8")) < 10_000
+
+
+def test_committed_notebooks_are_seven_clean_outputs_of_one_run():
+    """What a reader opens on GitHub: 01-07, no start-up logs or ``../`` paths, each under
+    1 MiB, all from one ``cnnlab run`` (one run id)."""
+    from cnnlab.notebooks import NOTEBOOKS, check_notebooks
+
+    committed = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert [path.name for path in committed] == sorted(NOTEBOOKS)
+    assert check_notebooks(committed) == []
