@@ -73,9 +73,8 @@ def results_rows(results: Path, run_id: str, meta: dict) -> list[dict]:
     agreements = {name: table.loc["all"] for name, table in agreements.items()
                   if "all" in table.index}
     if agreements:  # the backend whose largest segment matches the folder's class most often
-        name, row = max(agreements.items(), key=lambda item: item[1]["agree"] / item[1]["images"])
-        share = _interval(row["share"], row["CI low"], row["CI high"]) if "CI low" in row else (
-            f"{row['agree'] / row['images']:.3f}")
+        name, row = max(agreements.items(), key=lambda item: item[1]["share"])
+        share = _interval(row["share"], row["CI low"], row["CI high"])  # agreement_table's
         rows.append({
             "dataset": meta.get("segment_dataset") or meta.get("dataset", "?"),
             "task": "segmentation (DeepLabV3 vs folder label)",
