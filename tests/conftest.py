@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,19 @@ def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30),
     rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     image = rgb.convert(mode) if mode != "P" else rgb.convert("P", palette=Image.ADAPTIVE)
     image.save(path, format=fmt, **save)
+    return path
+
+
+def bomb_png(path: Path, side: int = 40_000) -> Path:
+    """A 1-bit ``side x side`` PNG header and one row of data (Pillow refuses it on opening)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    row = zlib.compress(bytes(1 + side // 8))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row)
+                     + chunk(b"IEND", b""))
     return path
 
 

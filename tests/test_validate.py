@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import write_image
+from conftest import bomb_png, write_image
 from PIL import Image
 
 from cnnlab.cli import main
@@ -302,3 +302,13 @@ def test_validate_real_datasets(shared_dir):
     assert vehicles.excluded()["path"].tolist() == ["truck/truck654.jpg"]  # a real duplicate
     print(f"\ncards: {cards.summary().to_dict('records')}\n"
           f"vehicles: {vehicles.summary().to_dict('records')}")
+
+
+def test_a_decompression_bomb_is_excluded_with_pillows_limit(tmp_path):
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "cat" / name)
+    bomb_png(tmp_path / "cat" / "huge.png")
+    files = validate_folder(tmp_path).files.set_index("path")
+    row = files.loc["cat/huge.png"]
+    assert row["problem"] == "decompression_bomb" and row["action"] == "excluded"
+    assert "decompression bomb" in row["detail"].lower()

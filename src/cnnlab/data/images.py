@@ -25,6 +25,7 @@ This module imports no TensorFlow at load time (validation uses it); only the re
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,8 @@ WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _JPEG_FORMATS = ("JPEG", "MPO")
 # Changes whenever the rules above give other pixels; part of every decoded-image cache key.
 DECODER_VERSION = "images-2"
+# Bytes read from the start of a file Pillow cannot identify, to say what it is instead.
+_SNIFF_BYTES = 1024
 
 
 def decodes_as_is(format: str, mode: str) -> bool:
@@ -140,14 +143,17 @@ def decode_image(path: str | os.PathLike, image_size: int | None = None,
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a readable image; the message names it.
+        ValueError: If ``path`` is not a readable image file; the message names it and, where
+            it can be told, what it is instead: a folder, an empty file, an HTML page or an
+            SVG drawing saved under an image's name, a truncated file, or a decompression
+            bomb (more pixels than Pillow's ``2 x PIL.Image.MAX_IMAGE_PIXELS``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; check the path or the manifest's "
-                                f"data folder")
+    _check_image_file(path)
+    format = None
     try:
         with Image.open(path) as image:
+            format = image.format
             rotated = is_rotated(image)
             if image_size and image.format in _JPEG_FORMATS and not rotated:
                 ratio = jpeg_scale(image.width, image.height, image_size, dct_scaling)
@@ -157,8 +163,80 @@ def decode_image(path: str | os.PathLike, image_size: int | None = None,
             image.load()
             return np.asarray(to_rgb(ImageOps.exif_transpose(image) if rotated else image))
     except Exception as error:
-        raise ValueError(f"{path} is not a readable image ({error}); re-save it as a JPEG or "
-                         f"PNG, or run cnnlab validate on its folder") from error
+        raise ValueError(_unreadable_reason(path, error, format)) from error
+
+
+def _check_image_file(path: str | os.PathLike) -> None:
+    """Refuses, before any decode, a path that cannot be an image file.
+
+    Args:
+        path: The path given for an image file.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If ``path`` is a folder, not a regular file, or an empty (0-byte) file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file; pass the image files "
+                         f"inside it")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; check the path or the manifest's "
+                                f"data folder")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device, socket or pipe), not an "
+                         f"image file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is not a readable image: it is empty (0 bytes); download "
+                         f"or copy it again, or delete it")
+
+
+def _unreadable_reason(path: str | os.PathLike, error: Exception,
+                      format: str | None = None) -> str:
+    """Why Pillow could not read ``path``, with the fix, as one message that names the file.
+
+    Pillow's own exceptions say what went wrong (``cannot identify image file``, ``image file
+    is truncated``, ``Image size ... exceeds limit``); this names what the file is, where
+    its type, its format or its first bytes tell: a decompression bomb (over Pillow's limit of
+    ``2 x PIL.Image.MAX_IMAGE_PIXELS`` pixels), an HTML page or an SVG drawing saved under an
+    image's name, a truncated file of a known format.
+
+    Args:
+        path: The file Pillow failed on.
+        error: The exception Pillow (or the file system) raised.
+        format: Pillow's format name when the file was identified before failing, e.g.
+            ``"JPEG"``; None when it was not.
+
+    Returns:
+        A message starting with ``path``.
+    """
+    path = Path(path)
+    if isinstance(error, Image.DecompressionBombError):
+        counts = [int(n) for n in re.findall(r"\d+", str(error))]
+        limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+        pixels = f"{counts[0]:,} pixels" if counts else "more pixels than allowed"
+        over = f"over Pillow's limit of {limit:,}" if limit else "over Pillow's limit"
+        return (f"{path} is a decompression bomb: {pixels}, {over} (2 x "
+                f"PIL.Image.MAX_IMAGE_PIXELS); raise PIL.Image.MAX_IMAGE_PIXELS only for "
+                f"files you trust")
+    if isinstance(error, PermissionError):
+        return f"{path} cannot be read (permission denied); check the file's permissions"
+    detail = str(error)
+    if isinstance(error, Image.UnidentifiedImageError):
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES).lower()
+        if b"<!doctype html" in head or b"<html" in head:
+            return (f"{path} is not a readable image: it is an HTML page (a web page saved "
+                    f"under an image's name); open it in a browser and save the image itself")
+        if b"<svg" in head:
+            return (f"{path} is not a readable image: it is an SVG drawing (vector graphics, "
+                    f"which Pillow does not read); export it as a PNG")
+        detail = "Pillow recognises no image format in it"  # its message repeats the path
+    elif format and re.search(r"truncat|premature|end of", detail, re.I):
+        return (f"{path} is not a readable image: it is a truncated {format} file, its data "
+                f"ends early ({detail}); download or copy it again")
+    return (f"{path} is not a readable image ({detail}); re-save it as a JPEG or PNG, or run "
+            f"cnnlab validate on its folder")
 
 
 def read_image(path: str | os.PathLike, image_size: int | None = None,

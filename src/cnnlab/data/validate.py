@@ -71,6 +71,9 @@ PROBLEMS: dict[str, Problem] = {p.code: p for p in (
     Problem("empty", "excluded", "re-download or delete the 0-byte file"),
     Problem("truncated", "excluded", "re-download the file; its data ends early"),
     Problem("undecodable", "excluded", "re-download or re-save the file with an image editor"),
+    Problem("decompression_bomb", "excluded",
+            "over Pillow's pixel limit (PIL.Image.MAX_IMAGE_PIXELS): shrink it, or raise the "
+            "limit only for files you trust"),
     Problem("duplicate", "excluded", "delete the copy; it would count twice"),
     Problem("cross_split_duplicate", "excluded",
             "the same image is in two splits (a leak); keep one copy, in train"),
@@ -142,6 +145,8 @@ def inspect_file(path: Path) -> dict:
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
+    except Image.DecompressionBombError as error:
+        return {**record, "problem": "decompression_bomb", "detail": str(error)}
     except UnidentifiedImageError:
         return {**record, "problem": "not_image",
                 "detail": "Pillow cannot identify it as an image (wrong content for "

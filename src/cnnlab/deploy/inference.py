@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from cnnlab.deploy.export import (
     load_model,
     model_name,
 )
+
+# Columns of Classifier.predict_files, one row per file and rank (one per unreadable file).
+PREDICTION_COLUMNS = ("file", "rank", "class", "probability", "error")
+# Images per model call in Classifier.predict_files: a batch of 224 px float32 inputs is 19 MB.
+PREDICT_BATCH = 32
 
 
 @dataclass
@@ -48,29 +54,79 @@ class Classifier:
         return cls(model, list(meta["class_names"]), int(model.input_shape[1]),
                    meta.get("model", model_name(path)))
 
-    def predict_files(self, files, top_k: int = 3) -> pd.DataFrame:
+    def predict_files(self, files: Iterable[str | os.PathLike], top_k: int = 3,
+                      errors: str = "report", batch_size: int = PREDICT_BATCH
+                      ) -> pd.DataFrame:
         """Top-k classes with probabilities for image files of any size and format.
+
+        Files are decoded one at a time (:func:`cnnlab.data.images.load_image`, the decode of
+        training) and classified ``batch_size`` at a time, so thousands of photos never sit in
+        memory at once. A folder of a user's own photos often holds a few files that are no
+        image (an empty download, a web page saved as ``.jpg``, an SVG, a cut-off copy): with
+        ``errors="report"`` each gets one row saying why and every other file is classified.
 
         Args:
             files: Image paths (JPEG, PNG, WebP, TIFF, ... any mode; EXIF rotation honoured).
             top_k: Classes per image.
+            errors: ``"report"``: one row per unreadable file, with the reason in ``error``;
+                ``"raise"``: raise at the first unreadable file.
+            batch_size: Images per model call.
 
         Returns:
-            One row per file and rank: file, rank, class, probability.
+            A DataFrame in the order of ``files``, columns ``file`` (``str`` of the path as
+            given, so ``a/1.jpg`` and ``b/1.jpg`` stay apart), ``rank`` (Int64, 1 to
+            ``top_k``), ``class``, ``probability`` (float64) and ``error`` (str): ``top_k``
+            rows per readable file with an empty ``error``; one row per unreadable file with
+            ``rank``, ``class`` and ``probability`` missing (NA) and the reason in ``error``,
+            the reading error's message without the leading path (e.g. ``"is a folder, not an
+            image file; ..."``, ``"does not exist; ..."``, ``"is a decompression bomb: ..."``).
 
         Raises:
-            ValueError: If a file is not a readable image (the message names it).
+            ValueError: If ``errors`` or ``batch_size`` is invalid; with ``errors="raise"``,
+                if a file is not a readable image (the message names it and says what it is).
+            FileNotFoundError: With ``errors="raise"``, if a file does not exist.
         """
-        files = [Path(f) for f in files]
-        batch = np.stack([load_image(f, self.image_size) for f in files])
-        probs = np.asarray(self.model.predict(batch, verbose=0))
-        top_k = min(top_k, probs.shape[1])
-        rows = []
-        for file, p in zip(files, probs):
-            for rank, index in enumerate(np.argsort(p)[::-1][:top_k], start=1):
-                rows.append({"file": file.name, "rank": rank,
-                             "class": self.class_names[index], "probability": float(p[index])})
-        return pd.DataFrame(rows)
+        if errors not in ("report", "raise"):
+            raise ValueError(f"errors={errors!r}; use 'report' or 'raise'")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; use 1 or more")
+        names = [str(f) for f in files]
+        rows: list[list[dict]] = [[] for _ in names]
+        batch: list[tuple[int, np.ndarray]] = []
+        for index, name in enumerate(names):
+            try:
+                batch.append((index, load_image(name, self.image_size)))
+            except (FileNotFoundError, ValueError) as error:
+                if errors == "raise":
+                    raise
+                rows[index] = [{"file": name, "rank": None, "class": None,
+                                "probability": np.nan, "error": _reason(name, error)}]
+            if len(batch) == batch_size:
+                self._predict_batch(batch, names, rows, top_k)
+                batch = []
+        if batch:
+            self._predict_batch(batch, names, rows, top_k)
+        table = pd.DataFrame([row for file_rows in rows for row in file_rows],
+                             columns=list(PREDICTION_COLUMNS))
+        return table.astype({"rank": "Int64", "probability": "float64"})
+
+    def _predict_batch(self, batch: list[tuple[int, np.ndarray]], names: list[str],
+                       rows: list[list[dict]], top_k: int) -> None:
+        """Classifies ``(index, image)`` pairs and puts each file's top-k rows at its index."""
+        probs = np.asarray(self.model.predict_on_batch(np.stack([image for _, image in batch])))
+        for (index, _), p in zip(batch, probs):
+            rows[index] = [{"file": names[index], "rank": rank, "class": self.class_names[k],
+                            "probability": float(p[k]), "error": ""}
+                           for rank, k in enumerate(np.argsort(p)[::-1][:top_k], start=1)]
+
+
+def _reason(name: str, error: Exception) -> str:
+    """The error's message without the leading path (the ``file`` column already names it)."""
+    message = str(error)
+    for prefix in (f"{name} ", f"{Path(name)} "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
 
 
 def demo_images(rows: pd.DataFrame, out_dir: str | os.PathLike, count: int = 4,
