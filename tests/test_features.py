@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+from types import SimpleNamespace
+
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnnlab.data.datasets import build_manifest
 from cnnlab.models.transfer import build_transfer_model, find_backbone
@@ -58,6 +62,74 @@ def test_cache_key_changes_with_weights_size_and_manifest(data, weights_file, pr
     relabelled = data.train_rows.assign(label_index=data.train_rows["label_index"][::-1].values)
     assert (features.split_fingerprint(relabelled)
             != features.split_fingerprint(data.train_rows))
+
+
+def _invert(image):
+    """Rewrites ``image`` in place with other pixels: same name, other bytes."""
+    with Image.open(image) as opened:
+        pixels = np.asarray(opened.convert("RGB"))
+    Image.fromarray(255 - pixels).save(image)
+
+
+@pytest.fixture()
+def copies(sample_root, tmp_path):
+    """Train rows of the sample and of two copies with the same file names and labels.
+
+    ``redownload``: one train image (``changed``) has other bytes; ``moved``: the same bytes
+    under another root.
+    """
+    manifest = build_manifest(sample_root, "sample")
+    original = manifest.split("train")
+    changed = original["path"][0]
+    shutil.copytree(sample_root, tmp_path / "redownload")
+    _invert(tmp_path / "redownload" / changed)
+    shutil.copytree(sample_root, tmp_path / "moved")
+    rows = SimpleNamespace(original=original, changed=changed, moved_root=tmp_path / "moved",
+                           classes=manifest.classes)
+    for name in ("redownload", "moved"):
+        setattr(rows, name, build_manifest(tmp_path / name, "sample").split("train"))
+        assert getattr(rows, name)["path"].tolist() == original["path"].tolist()
+        assert getattr(rows, name)["label_index"].tolist() == original["label_index"].tolist()
+    return rows
+
+
+def test_split_fingerprint_keys_the_root_and_the_content_of_every_file(copies, sample_root):
+    fingerprint = features.split_fingerprint
+    assert fingerprint(copies.original) == fingerprint(
+        build_manifest(sample_root, "sample").split("train"))
+    assert fingerprint(copies.redownload) != fingerprint(copies.original)  # other bytes
+    assert fingerprint(copies.moved) != fingerprint(copies.original)  # another root
+    # Rows without the manifest's sha256 (built by hand) are keyed by the files' bytes, read
+    # when the key is computed: rewriting a file under the same name changes the key.
+    by_hand = copies.moved[["file", "label_index"]]
+    before = fingerprint(by_hand)
+    assert fingerprint(by_hand.assign(sha256="")) == before
+    _invert(copies.moved_root / copies.changed)
+    assert fingerprint(by_hand) != before
+    with pytest.raises(FileNotFoundError, match="does not exist; rebuild the manifest"):
+        fingerprint(by_hand.assign(file=by_hand["file"] + ".gone"))
+
+
+def test_cache_of_another_copy_of_the_dataset_is_computed_not_read(copies, project, capsys):
+    keras.utils.set_random_seed(5)
+    model = build_transfer_model(BACKBONE, len(copies.classes), 32, "none")
+    cache = features.feature_cache(model, "sample", 32, project.data)
+    first, _ = cache.features("train", copies.original)
+    capsys.readouterr()
+    for name in ("redownload", "moved"):
+        rows = getattr(copies, name)
+        again, _ = cache.features("train", rows)
+        out = capsys.readouterr().out
+        assert "computed" in out and "read from" not in out, name
+        assert cache.path("train", rows) != cache.path("train", copies.original)
+        changed = rows.index[rows["path"] == copies.changed]
+        # Relative tolerances: features of a randomly initialised backbone are tiny.
+        if name == "redownload":  # the new bytes' features, not the old file's
+            assert not np.allclose(again[changed], first[changed], rtol=1e-2, atol=0)
+        np.testing.assert_allclose(np.delete(again, changed, axis=0),
+                                   np.delete(first, changed, axis=0), rtol=1e-5, atol=0)
+    cache.features("train", copies.original)
+    assert "read from" in capsys.readouterr().out  # the first copy's file is still its own
 
 
 def test_head_on_features_predicts_exactly_what_the_full_model_predicts(data, weights_file):

@@ -194,8 +194,9 @@ def test_manifest_uses_clean_and_converted_files_and_the_pipeline_reads_them(cor
     assert manifest.classes == ["ace of clubs", "cat", "dog", "owl"]
     assert len(manifest.excluded) == sum(
         1 for p in cases.values() if p and PROBLEMS[p].action == "excluded")
-    rotated = manifest.frame.set_index("path").loc["train/dog/rotated.jpg", "converted"]
-    assert rotated == "converted/train/dog/rotated.jpg.png"
+    row = manifest.frame.set_index("path").loc["train/dog/rotated.jpg"]
+    rotated = row["converted"]
+    assert rotated == f"converted/train/dog/rotated.jpg.{row['sha256'][:12]}.png"
     with Image.open(tmp_path / rotated) as upright:
         assert upright.size == (20, 60) and upright.mode == "RGB"  # rotated, not 60x20
     files = manifest.files()
@@ -312,3 +313,22 @@ def test_a_decompression_bomb_is_excluded_with_pillows_limit(tmp_path):
     row = files.loc["cat/huge.png"]
     assert row["problem"] == "decompression_bomb" and row["action"] == "excluded"
     assert "decompression bomb" in row["detail"].lower()
+
+
+def test_a_changed_file_under_the_same_name_gets_a_new_converted_copy_and_cache(tmp_path):
+    from cnnlab.data.pipeline import cache_key
+
+    source = tmp_path / "data" / "cat" / "a.gif"
+    for index in range(10):
+        for label in ("cat", "dog"):
+            write_image(tmp_path / "data" / label / f"{label}{index}.png")
+    write_image(source, mode="P", size=(20, 20))  # a GIF: trained from an RGB PNG copy
+    first = build_manifest(tmp_path / "data", "x", converted_dir=tmp_path / "converted")
+    key = cache_key(first.files(), 16)
+    write_image(source, mode="P", size=(24, 24))  # a cleaned copy: same name, other bytes
+    second = build_manifest(tmp_path / "data", "x", converted_dir=tmp_path / "converted")
+    old, new = (m.frame.set_index("path").loc["cat/a.gif", "converted"] for m in (first, second))
+    assert old != new
+    with Image.open(tmp_path / new) as image:
+        assert image.size == (24, 24)
+    assert cache_key(second.files(), 16) != key

@@ -518,9 +518,10 @@ def build_manifest(
         rows = rows[~rows["problem"].map(needs_copy)]
         rows["converted"] = ""
     else:
-        rows["converted"] = [_convert(root, Path(converted_dir), path) if needs_copy(problem)
-                             else "" for path, problem in zip(rows["path"], rows["problem"],
-                                                              strict=True)]
+        rows["converted"] = [_convert(root, Path(converted_dir), path, sha256)
+                             if needs_copy(problem) else ""
+                             for path, problem, sha256 in zip(rows["path"], rows["problem"],
+                                                              rows["sha256"], strict=True)]
     if rows.empty:
         raise ValueError(f"no usable images ({', '.join(IMAGE_SUFFIXES)}) in class folders "
                          f"below {display_path(root)}:\n{report}")
@@ -552,8 +553,10 @@ def build_manifest(
                     info)
 
 
-def _convert(root: Path, converted_dir: Path, path: str) -> str:
-    target = converted_dir / (path + ".png")
+def _convert(root: Path, converted_dir: Path, path: str, sha256: str) -> str:
+    """The converted copy of ``path``, named by its source's content: a changed source (same
+    name, other bytes) gets a new copy instead of the old one."""
+    target = converted_dir / f"{path}.{str(sha256)[:12]}.png"
     if not target.is_file():
         write_converted(root / path, target)
     parent = converted_dir.parent

@@ -149,12 +149,19 @@ def augmentation_layers(hflip: bool = True, seed: int | None = None) -> keras.Se
 
 
 def cache_key(files: list[str], image_size: int) -> str:
-    """A short hash of the file list, image size and decoder version, naming a disk cache.
+    """A short hash of the files, image size and decoder version, naming a disk cache.
 
+    Each file counts by its absolute path (so the dataset's root), its size and its
+    modification time (a file rewritten under the same name is another file), and
     :data:`cnnlab.data.images.DECODER_VERSION` is part of it, so a cache written under other
     decoding rules is never read back as if it held today's pixels.
     """
-    parts = [DECODER_VERSION, str(image_size), *files]
+    stamps = []
+    for file in files:
+        path = Path(file).resolve()
+        stat = path.stat() if path.exists() else None
+        stamps.append(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}" if stat else str(path))
+    parts = [DECODER_VERSION, str(image_size), *stamps]
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     return f"{image_size}px-{digest[:16]}"
 

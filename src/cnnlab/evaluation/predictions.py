@@ -4,7 +4,11 @@
 beside the model (``models/<name>/predictions/<split>.npz``), with the model's output columns
 already mapped to the split's class order (:func:`class_order`); the leaderboard,
 :class:`~cnnlab.evaluation.Interpretation`, Grad-CAM and model selection read that file, so
-the test split is scored once and every reader sees the same numbers.
+the test split is scored once and every reader sees the same numbers. The file is keyed by
+the model file (size and modification time), the class names and the split's rows as read
+(:func:`~cnnlab.training.cached_features.split_fingerprint`: absolute file, label index and
+the image's content), so another copy of the dataset (same file names with other bytes, or
+another root) is predicted again, never read from the old file.
 """
 
 from __future__ import annotations
@@ -229,13 +233,15 @@ def split_predictions(
     The first call runs the model over ``rows`` at its own input size, maps its output
     columns to the split's class order (:func:`class_order`, from ``meta.json``) and writes
     ``models/<name>/predictions/<split>.npz`` (atomically). Later calls read that file as long
-    as the model file, the rows (files and labels, in order) and the class names are the
-    same; otherwise the predictions are computed again.
+    as the model file, the class names and the rows (absolute files, labels and contents, in
+    order: :func:`~cnnlab.training.cached_features.split_fingerprint`) are the same;
+    otherwise the predictions are computed again.
 
     Args:
         model: The model folder ``models/<name>/`` (or a file in it).
         split: Split name, used for the file name (``"val"``, ``"test"``).
-        rows: The split's rows with ``file`` and ``label_index``, in prediction order.
+        rows: The split's rows with ``file`` and ``label_index`` (and the manifest's
+            ``sha256``; without it each file is hashed), in prediction order.
         class_names: The split's class names in label-index order.
         batch_size: Images per prediction batch.
         loaded: The model already loaded from ``model``, to avoid loading it twice.

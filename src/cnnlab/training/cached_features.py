@@ -7,12 +7,14 @@ already in place), the same loss and optimiser, but each epoch costs a matrix pr
 of a forward pass through the backbone (the idea of fastai's and Keras' "extract features,
 then train a classifier" recipe, https://keras.io/guides/transfer_learning/).
 
-Cache layout: ``data/<dataset>/features/<backbone>-<size>px-<weights>/<split>-<manifest>.npz``
+Cache layout: ``data/<dataset>/features/<backbone>-<size>px-<weights>/<split>-<rows>.npz``
 where ``<weights>`` is a fingerprint of the backbone's weights (and dtype policy) and of the
-image decoder (:data:`cnnlab.data.images.DECODER_VERSION`), and
-``<manifest>`` one of the split's rows (file paths and labels), so a different backbone, image
-size, weights file or split never reads stale features. Files are written to a temporary name
-and renamed.
+image decoder (:data:`cnnlab.data.images.DECODER_VERSION`), and ``<rows>`` one of the split's
+rows as the pipeline reads them (:func:`split_fingerprint`: absolute file, so the dataset root
+and the converted copy, label index and the file's content), so a different backbone, image
+size, weights file, split or copy of the dataset (same file names, other bytes or another
+root: a re-download with corrected labels, a cleaned copy) never reads stale features. Files
+are written to a temporary name and renamed.
 
 Features come from un-augmented images: augmentation needs live images, so a stage trained on
 cached features runs without it (:func:`~cnnlab.training.fine_tune` says so when it uses the cache).
@@ -39,18 +41,49 @@ POOL_LAYER = "pool"
 
 
 def split_fingerprint(rows: pd.DataFrame) -> str:
-    """Short sha256 of a split's rows: relative ``path`` and ``label_index``, in order.
+    """Short sha256 of a split's rows as read: file, label and content of each, in order.
+
+    The key of cached features (:class:`FeatureCache`), of saved predictions
+    (:func:`cnnlab.evaluation.predictions.split_predictions`) and of a run's rows
+    (``args.yaml``). Each row contributes its absolute ``file`` (under the dataset root, or the
+    converted copy where there is one), its ``label_index`` and its content: the manifest's
+    ``sha256`` of the image where the rows have that column, else the file's size and the
+    sha256 of its bytes, read now. So another copy of a dataset with the same file names
+    (other bytes, or the same bytes under another root) has another fingerprint.
 
     Args:
-        rows: ``Manifest.split`` rows (with ``path`` and ``label_index`` columns).
+        rows: ``Manifest.split`` rows: ``file`` and ``label_index`` columns, and ``sha256``
+            where they come from a manifest (rows built by hand may leave it out or empty).
 
     Returns:
-        12 hex digits; equal for the same files with the same labels in the same order.
+        12 hex digits; equal for the same files, contents and labels in the same order.
+
+    Raises:
+        FileNotFoundError: If a row without a ``sha256`` names a file that does not exist.
     """
+    hashes = (rows["sha256"].fillna("").astype(str) if "sha256" in rows
+              else pd.Series("", index=rows.index))
     digest = hashlib.sha256()
-    for path, label in zip(rows["path"].astype(str), rows["label_index"].astype(int)):
-        digest.update(f"{path}\t{label}\n".encode())
+    for file, label, sha256 in zip(rows["file"].astype(str), rows["label_index"].astype(int),
+                                   hashes, strict=True):
+        content = f"sha256 {sha256}" if sha256 else _file_content(file)
+        digest.update(f"{file}\t{label}\t{content}\n".encode())
     return digest.hexdigest()[:12]
+
+
+def _file_content(file: str) -> str:
+    """Size and sha256 of a file's bytes, for rows without the manifest's ``sha256``."""
+    digest = hashlib.sha256()
+    try:
+        with open(file, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{display_path(file)} is in the split but does not exist; rebuild the manifest "
+            f"(notebook 01_download_eda) or fix the rows' file column") from None
+    return f"{size} bytes sha256 {digest.hexdigest()}"
 
 
 def weights_fingerprint(model: keras.Model) -> str:
@@ -127,7 +160,15 @@ class FeatureCache:
     image_size: int
 
     def path(self, split: str, rows: pd.DataFrame) -> Path:
-        """The file of ``split`` with exactly these rows."""
+        """The file of ``split`` with exactly these rows: files, labels and contents.
+
+        Args:
+            split: Split name.
+            rows: ``Manifest.split`` rows (see :func:`split_fingerprint`).
+
+        Returns:
+            ``<folder>/<split>-<split_fingerprint(rows)>.npz``.
+        """
         return self.folder / f"{split}-{split_fingerprint(rows)}.npz"
 
     def features(self, split: str, rows: pd.DataFrame, batch_size: int = 64
