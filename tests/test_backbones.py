@@ -1,9 +1,11 @@
+import importlib
+
 import keras
 import numpy as np
 import pytest
 
 from cnnlab.models import backbones
-from cnnlab.models.backbones import BACKBONES, resolve_weights
+from cnnlab.models.backbones import BACKBONES, WeightsChoice, resolve_weights
 from cnnlab.models.transfer import BackbonePreprocessing, build_backbone, fine_tune_boundary
 
 RAW = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
@@ -51,6 +53,42 @@ def test_download_failure_says_how_to_go_offline(monkeypatch):
     monkeypatch.setattr(keras.applications, "VGG16", offline)
     with pytest.raises(RuntimeError, match="--weights-dir.*--weights none"):
         build_backbone("vgg16", 32, "imagenet")
+
+
+def test_auto_weights_fall_back_to_random_init_offline_and_say_so_once(monkeypatch, capsys,
+                                                                        tmp_path):
+    from cnnlab.models import transfer
+
+    calls = []
+
+    def offline(**kwargs):
+        calls.append(kwargs["weights"])
+        raise OSError("URL fetch failure on https://storage.googleapis.com/...: refused")
+
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
+    monkeypatch.setattr(transfer, "_DOWNLOAD_ERRORS", {})
+    first = resolve_weights("vgg16", "auto")
+    second = resolve_weights("vgg16", "auto")
+    assert first == second and first.source == "none" and not first.is_pretrained
+    assert first.label == backbones.OFFLINE_LABEL and "RANDOM INIT" in first.label
+    assert calls == ["imagenet"]  # tried once per process
+    announced = capsys.readouterr().out
+    assert announced.count("WARNING: NO IMAGENET WEIGHTS FOR VGG16") == 1
+    assert "URL fetch failure" in announced and "--weights-dir" in announced
+    # A local file still wins, and strict "imagenet" still refuses to go on without weights.
+    (tmp_path / "vgg16_imagenet_notop.weights.h5").write_bytes(b"x")
+    assert resolve_weights("vgg16", "auto", tmp_path).source == "file"
+    with pytest.raises(RuntimeError, match="could not download"):
+        build_backbone("vgg16", 32, "imagenet")
+
+
+def test_auto_weights_use_the_download_when_keras_can_fetch_it(monkeypatch):
+    from cnnlab.models import transfer
+
+    monkeypatch.setattr(keras.applications, "VGG16", lambda **kwargs: None)
+    monkeypatch.setattr(transfer, "_DOWNLOAD_ERRORS", {})
+    choice = resolve_weights("vgg16", "auto")
+    assert choice.source == "imagenet" and choice.label == "imagenet (keras download)"
 
 
 def test_min_size_is_checked():
@@ -102,3 +140,32 @@ def test_mobilenet_v2_boundary_unfreezes_blocks_13_to_16():
     names = [layer.name for layer in backbone.layers[fine_tune_boundary(backbone):]]
     assert names[0] == "block_13_expand" and "block_16_project" in names
     assert not any(name.startswith("block_12") for name in names)
+
+
+@pytest.mark.slow  # ~80 s on 2 shared CPU cores: eight backbones, each built three times
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_local_imagenet_file_builds_the_graph_of_the_imagenet_download(name, tmp_path,
+                                                                       monkeypatch):
+    """A local file runs in the graph weights="imagenet" builds (EfficientNet: tf#49930)."""
+    spec, size = BACKBONES[name], BACKBONES[name].min_size
+    kwargs = dict(spec.kwargs, include_top=False, input_shape=(size, size, 3))
+    weights_file = tmp_path / spec.weights_filename
+    spec.constructor(weights=None, **kwargs).save_weights(weights_file)
+    fetched = []
+
+    def offline_get_file(fname, *args, **kwargs):  # the "download" is the file just saved
+        fetched.append(fname)
+        return str(weights_file)
+
+    application = importlib.import_module(f"keras.src.applications.{spec.module}")
+    monkeypatch.setattr(application.file_utils, "get_file", offline_get_file)
+    downloaded = spec.constructor(weights="imagenet", **kwargs)
+    assert fetched  # the reference really went through Keras' ImageNet branch
+    local = build_backbone(name, size, WeightsChoice("file", weights_file, "test file"))
+    assert ([type(layer).__name__ for layer in local.layers]
+            == [type(layer).__name__ for layer in downloaded.layers])
+    images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(local(images, training=False)),
+                               keras.ops.convert_to_numpy(downloaded(images, training=False)),
+                               rtol=1e-5, atol=1e-4)

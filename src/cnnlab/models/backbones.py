@@ -44,6 +44,12 @@ class BackboneSpec:
             MobileNetV2 (``block_13`` to ``block_16``), MobileNetV3, EfficientNet and
             DenseNet). Used by the ``"top"`` unfreeze rule of ``training.fine_tune``.
         reference: Paper of the architecture.
+        imagenet_layers: Layers the ``keras.applications`` constructor adds to the graph only
+            with ``weights="imagenet"``, each ``{"after": layer class, "class_name": layer
+            class, "config": constructor arguments}``: inserted after every layer of class
+            ``after`` when a local ImageNet file is loaded, so that it runs in the graph the
+            download builds. EfficientNet divides by ``sqrt(std)`` once more after its
+            ``Normalization`` (keras/src/applications/efficientnet.py, tensorflow#49930).
     """
 
     name: str
@@ -55,6 +61,7 @@ class BackboneSpec:
     min_size: int
     frozen_through: str
     reference: str
+    imagenet_layers: tuple[dict, ...] = ()
 
     @property
     def weights_filename(self) -> str:
@@ -114,6 +121,10 @@ BACKBONES: dict[str, BackboneSpec] = {
             "efficientnet_b0", "EfficientNetB0", {}, "inside",
             "efficientnet", 224, 32, "block5",
             "Tan & Le 2019, arXiv:1905.11946",
+            imagenet_layers=({
+                "after": "Normalization", "class_name": "Rescaling",
+                "config": {"scale": [std ** -0.5 for std in (0.229, 0.224, 0.225)]},
+            },),
         ),
         BackboneSpec(
             "densenet121", "DenseNet121", {}, "torch", "densenet",
@@ -154,7 +165,10 @@ class WeightsChoice:
         return self.source != "none"
 
 
-WEIGHTS_MODES = ("imagenet", "local", "none")
+WEIGHTS_MODES = ("imagenet", "auto", "local", "none")
+# The label of a backbone that ``"auto"`` starts from random weights because Keras could not
+# download its ImageNet file; in capitals, as every random-init label is shown.
+OFFLINE_LABEL = "none (RANDOM INIT: the ImageNet download failed, offline?)"
 
 
 def resolve_weights(
@@ -165,9 +179,12 @@ def resolve_weights(
     Args:
         name: Backbone registry key.
         weights: ``"imagenet"``: a local file from ``weights_dir`` if it has one, else the Keras
-            download (which raises if unreachable); ``"local"``: the local file if present, else
-            random initialisation, stated in the returned label; ``"none"``: random
-            initialisation; or a path to a ``.weights.h5`` file.
+            download (which raises if unreachable); ``"auto"``: the same, but where Keras
+            cannot fetch the file (offline) random initialisation, announced once in capitals
+            (:func:`cnnlab.models.transfer.imagenet_download_error`) and stated in the returned
+            label; ``"local"``: the local file if present, else random initialisation, stated
+            in the returned label (no download is tried); ``"none"``: random initialisation;
+            or a path to a ``.weights.h5`` file.
         weights_dir: Folder of ``<backbone>_imagenet_notop.weights.h5`` files; defaults to
             ``$CNNLAB_WEIGHTS_DIR``.
 
@@ -207,4 +224,9 @@ def resolve_weights(
         return WeightsChoice(
             "none", None, f"none (random init: no {spec.weights_filename} in weights folder)"
         )
+    if weights == "auto":
+        from cnnlab.models.transfer import imagenet_download_error  # imports Keras
+
+        if imagenet_download_error(name) is not None:
+            return WeightsChoice("none", None, OFFLINE_LABEL)
     return WeightsChoice("imagenet", None, "imagenet (keras download)")

@@ -75,6 +75,13 @@ def build_backbone(
 ) -> keras.Model:
     """Builds a headless backbone for square RGB input.
 
+    A local ImageNet file (``WeightsChoice("file", ...)``) is loaded into the same graph that
+    ``weights="imagenet"`` builds: Keras adds some layers only when it downloads the weights
+    itself (EfficientNet's extra ``Rescaling`` by ``1 / sqrt(std)``, tensorflow#49930), so the
+    backbone is built with ``weights=None`` and the registry's ``imagenet_layers`` are inserted
+    (:func:`keras.models.clone_model`) before the file is loaded. Random initialisation
+    (``"none"``) builds Keras' ``weights=None`` graph.
+
     Args:
         name: Backbone registry key.
         image_size: Input side in pixels (at least the backbone's ``min_size``).
@@ -86,7 +93,9 @@ def build_backbone(
 
     Raises:
         ValueError: If ``image_size`` is below the backbone's minimum.
-        RuntimeError: If the ImageNet download fails; the message says how to go offline.
+        RuntimeError: If the ImageNet download fails (the message says how to go offline),
+            or if an ``imagenet_layers`` entry matches no layer of the installed Keras'
+            backbone.
     """
     spec = get_backbone_spec(name)
     if image_size < spec.min_size:
@@ -108,9 +117,86 @@ def build_backbone(
     else:
         model = spec.constructor(weights=None, **kwargs)
         if choice.source == "file":
+            model = _with_imagenet_layers(model, name, spec.imagenet_layers)
             model.load_weights(str(choice.path))
     model.name = name  # type: ignore[misc]
     return model
+
+
+def _with_imagenet_layers(model: keras.Model, name: str, extra: tuple[dict, ...]
+                          ) -> keras.Model:
+    """``model`` (built with ``weights=None``) with the layers of ``weights="imagenet"`` added.
+
+    The model's own layers are reused (no weights are copied); each entry of ``extra`` puts a
+    new layer after every layer of class ``after``. An inserted layer without weights (such as
+    ``Rescaling``) leaves the paths in a ``.weights.h5`` file unchanged, so files saved from
+    either graph load into this one.
+    """
+    if not extra:
+        return model
+    inserted = {entry["after"]: 0 for entry in extra}
+
+    def call(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        for entry in extra:
+            if type(layer).__name__ == entry["after"]:
+                outputs = getattr(layers, entry["class_name"])(**entry["config"])(outputs)
+                inserted[entry["after"]] += 1
+        return outputs
+
+    clone = keras.models.clone_model(model, input_tensors=model.input,
+                                     clone_function=lambda layer: layer, call_function=call)
+    missing = [after for after, count in inserted.items() if not count]
+    if missing:
+        raise RuntimeError(
+            f"{name} built by Keras {keras.__version__} has no {', '.join(missing)} layer to "
+            f"put its ImageNet-only layers after; update imagenet_layers of {name} in "
+            f"cnnlab.models.backbones.BACKBONES")
+    return clone
+
+
+_DOWNLOAD_ERRORS: dict[str, str | None] = {}
+
+
+def imagenet_download_error(name: str, timeout: float = 60.0) -> str | None:
+    """Fetches backbone ``name``'s ImageNet file through Keras; the error if it cannot.
+
+    Builds the backbone with ``weights="imagenet"`` once per process, which is how Keras
+    downloads the file (``keras.utils.get_file``, cached in ``~/.keras/models/`` or
+    ``$KERAS_HOME/models/``, so the model built afterwards reads it from there). Where that
+    fails (offline, an unreachable or refused origin) the failure is announced once, in
+    capitals, on standard output, for ``resolve_weights(name, "auto")`` to fall back to random
+    initialisation.
+
+    Args:
+        name: Backbone registry key.
+        timeout: Seconds a socket may wait for the download server before giving up.
+
+    Returns:
+        None when the weights are in Keras' cache (downloaded now or earlier), else the error
+        text.
+    """
+    import socket
+
+    if name not in _DOWNLOAD_ERRORS:
+        spec = get_backbone_spec(name)
+        size = spec.default_size
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout)
+        try:
+            spec.constructor(weights="imagenet", include_top=False, input_shape=(size, size, 3),
+                             **spec.kwargs)
+            _DOWNLOAD_ERRORS[name] = None
+        except Exception as error:  # network errors come in many types
+            _DOWNLOAD_ERRORS[name] = f"{type(error).__name__}: {error}"
+            print(f"WARNING: NO IMAGENET WEIGHTS FOR {name.upper()}: THE KERAS DOWNLOAD FAILED "
+                  f"({_DOWNLOAD_ERRORS[name]}). {name.upper()} STARTS FROM RANDOM "
+                  f"INITIALISATION. Put {spec.weights_filename} in a folder and pass "
+                  f"--weights-dir, or run with network access, for the pretrained model.",
+                  flush=True)
+        finally:
+            socket.setdefaulttimeout(previous)
+    return _DOWNLOAD_ERRORS[name]
 
 
 def fine_tune_boundary(backbone: keras.Model, name: str | None = None) -> int:
