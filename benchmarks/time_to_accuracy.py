@@ -13,10 +13,18 @@ one process:
   (b) ``cnnlab.training.fine_tune`` with the default recipe and the ``cpu`` profile's epochs;
       test accuracy with the best validation checkpoint restored (as ``fine_tune`` returns it).
 
-It prints each one's test accuracy with its 95% Wilson interval and wall time, the time (b)
-needs to pass (a)'s final validation accuracy, and the ratio of that time to (a)'s. With
-``--ablation DATASET:BACKBONE`` it also runs ``fine_tune`` with the recipe changed one
-ingredient at a time from the plain recipe's stage 2 to the default, to show what each bought.
+Each arm runs once per seed (``--seeds``, at least 3): the seed sets both arms' head
+initialisation, shuffling and augmentation, on the same splits. Per row it records each arm's
+test accuracy (mean and standard deviation over the seeds, each seed's with its 95% Wilson
+interval) and wall time (mean and standard deviation), the paired difference (b) - (a) in test
+accuracy with its 95% bootstrap interval (pairs: each test image under each seed,
+``cnnlab.evaluation.metrics.paired_difference``; "better" only where it excludes zero), the
+time (b) needs to reach (a)'s best validation accuracy (its best epoch, not its last), and the
+1-minute load average before and after, a row measured above one load per core marked busy:
+its timings are not comparable. With ``--ablation DATASET:BACKBONE`` it also runs
+``fine_tune`` with the recipe changed one ingredient at a time from the plain recipe's stage 2
+to the default, to show what each bought; the backbone features are cached before the first
+ablation row is timed, so every row starts from the same cache state.
 
 Results are merged into ``docs/benchmarks/time_to_accuracy.json`` (one entry per dataset and
 backbone, each measured in one process; temporary name, then renamed) and rendered to
@@ -24,7 +32,7 @@ backbone, each measured in one process; temporary name, then renamed) and render
 folder.
 
 Usage:
-  python benchmarks/time_to_accuracy.py [--datasets cards vehicles]
+  python benchmarks/time_to_accuracy.py [--datasets cards vehicles] [--seeds 0 1 2]
       [--backbones mobilenet_v3_small_075 mobilenet_v2] [--ablation vehicles:mobilenet_v3_small_075]
 """
 
@@ -47,14 +55,14 @@ import tensorflow as tf  # noqa: E402
 from cnnlab.config import get_profile, project_dirs  # noqa: E402
 from cnnlab.data.datasets import get_dataset_spec, prepare_dataset
 from cnnlab.data.pipeline import split_dataset
-from cnnlab.evaluation.metrics import wilson_interval
+from cnnlab.evaluation.metrics import paired_difference, wilson_interval
 from cnnlab.files import write_json, write_text
 from cnnlab.models.backbones import get_backbone_spec, resolve_weights
 from cnnlab.training.fine_tuning import fine_tune
 from cnnlab.training.fitting import TrainingData
 from cnnlab.training.recipes import RECIPES, get_recipe
 
-SEED = 42
+SEEDS = (0, 1, 2)
 PLAIN = {"head_epochs": 8, "head_lr": 1e-3, "epochs": 12, "lr": 2e-4, "batch_size": 32}
 DATASET_OPTIONS = {"cards": {}, "vehicles": {"classes": ["all"]}}
 
@@ -85,10 +93,10 @@ def _link_split(rows, folder: Path) -> Path:
     return folder
 
 
-def plain_recipe(manifest, backbone: str, weights_file: Path, image_size: int, root: Path
-                 ) -> dict:
+def plain_recipe(manifest, backbone: str, weights_file: Path, image_size: int, root: Path,
+                 seed: int) -> dict:
     """(a): the plain Keras recipe, timed from the first line to the last epoch."""
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     folders = {split: _link_split(manifest.split(split), root / "plain" / split)
                for split in ("train", "val", "test")}
@@ -96,7 +104,7 @@ def plain_recipe(manifest, backbone: str, weights_file: Path, image_size: int, r
     def load(split, shuffle):
         return keras.utils.image_dataset_from_directory(
             folders[split], image_size=(image_size, image_size), batch_size=PLAIN["batch_size"],
-            shuffle=shuffle, seed=SEED, verbose=False).prefetch(tf.data.AUTOTUNE)
+            shuffle=shuffle, seed=seed, verbose=False).prefetch(tf.data.AUTOTUNE)
 
     train, val, test = load("train", True), load("val", False), load("test", False)
     spec = get_backbone_spec(backbone)
@@ -132,20 +140,36 @@ def plain_recipe(manifest, backbone: str, weights_file: Path, image_size: int, r
     model.fit(train, validation_data=val, epochs=PLAIN["head_epochs"] + PLAIN["epochs"],
               initial_epoch=PLAIN["head_epochs"], callbacks=[clock], verbose=2)
     seconds = time.perf_counter() - start
+    # The test folder's files in the order image_dataset_from_directory lists them (classes,
+    # then names), mapped back to the manifest's files: both arms' correctness per image.
     predictions = model.predict(test, verbose=0).argmax(axis=1)
     labels = np.concatenate([y.numpy() for _, y in test])
-    correct = int((predictions == labels).sum())
+    files = [str(Path(f).resolve()) for f in test_files(folders["test"])]
     return {"seconds": round(seconds, 1), "epoch_seconds": clock.seconds,
-            "val_accuracy": clock.val_accuracy, "final_val_accuracy": clock.val_accuracy[-1],
-            "test_accuracy": round(correct / len(labels), 4),
-            "test_interval": _interval(correct, len(labels)), "test_images": len(labels),
-            "settings": PLAIN}
+            "val_accuracy": clock.val_accuracy,
+            "best_val_accuracy": float(max(clock.val_accuracy)),
+            **_scores(predictions == labels, files), "seed": seed, "settings": PLAIN}
+
+
+def test_files(folder: Path) -> list[Path]:
+    """The files of a class-folder tree in ``image_dataset_from_directory``'s order."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    return [f for c in classes for f in sorted((folder / c).iterdir())]
+
+
+def _scores(correct: np.ndarray, files: list[str]) -> dict:
+    """Test accuracy, its Wilson interval and the per-image correctness keyed by file."""
+    n, right = len(correct), int(np.sum(correct))
+    order = np.argsort(files)
+    return {"test_accuracy": round(right / n, 4), "test_interval": _interval(right, n),
+            "test_images": n, "correct": [int(correct[i]) for i in order],
+            "files": [f"{Path(files[i]).parent.name}/{Path(files[i]).name}" for i in order]}
 
 
 def cnnlab_fine_tune(data: TrainingData, backbone: str, weights_dir: Path, profile, dirs,
-                     recipe=None) -> dict:
+                     seed: int, recipe=None) -> dict:
     """(b): ``fine_tune`` with ``recipe`` (default: the default recipe), timed."""
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     clock = EpochClock(start)
     result = fine_tune(backbone, data, profile.freeze_epochs, profile.fine_tune_epochs,
@@ -156,7 +180,7 @@ def cnnlab_fine_tune(data: TrainingData, backbone: str, weights_dir: Path, profi
             "val_accuracy": clock.val_accuracy,
             "best_val_accuracy": float(max(clock.val_accuracy)),
             **score_test_split(result.model, data.manifest, data.image_size),
-            "weights": result.weights,
+            "weights": result.weights, "seed": seed,
             "settings": {"freeze_epochs": profile.freeze_epochs,
                          "fine_tune_epochs": profile.fine_tune_epochs,
                          "base_lr": profile.learning_rate,
@@ -167,9 +191,46 @@ def score_test_split(model, manifest, image_size: int) -> dict:
     """``test_accuracy``, its 95% Wilson ``test_interval`` and ``test_images`` on the split."""
     rows = manifest.split("test")
     predictions = model.predict(split_dataset(rows, image_size, 64), verbose=0).argmax(axis=1)
-    correct = int((predictions == rows["label_index"].to_numpy()).sum())
-    return {"test_accuracy": round(correct / len(rows), 4),
-            "test_interval": _interval(correct, len(rows)), "test_images": len(rows)}
+    return _scores(predictions == rows["label_index"].to_numpy(),
+                   [str(Path(f).resolve()) for f in rows["file"]])
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and standard deviation (ddof=1) of test accuracy and seconds over seeds."""
+    accuracy = np.array([r["test_accuracy"] for r in runs])
+    seconds = np.array([r["seconds"] for r in runs])
+    return {"seeds": len(runs), "test_accuracy_mean": round(float(accuracy.mean()), 4),
+            "test_accuracy_sd": round(float(accuracy.std(ddof=1)), 4) if len(runs) > 1 else 0.0,
+            "seconds_mean": round(float(seconds.mean()), 1),
+            "seconds_sd": round(float(seconds.std(ddof=1)), 1) if len(runs) > 1 else 0.0}
+
+
+def paired_gain(plain: list[dict], ours: list[dict]) -> dict:
+    """(b) - (a) in test accuracy with its paired 95% interval over (seed, test image) pairs.
+
+    Raises:
+        ValueError: If the arms' test images differ (same splits are required).
+    """
+    a, b = [], []
+    for run_a, run_b in zip(plain, ours, strict=True):
+        if run_a["files"] != run_b["files"]:
+            raise ValueError("the two recipes were scored on different test images")
+        a += run_a["correct"]
+        b += run_b["correct"]
+    result = paired_difference(np.array(a, float), np.array(b, float))
+    return {key: (round(v, 4) if isinstance(v, float) else v) for key, v in result.items()}
+
+
+def warm_feature_cache(data: TrainingData, backbone: str, weights_dir: Path, dirs) -> None:
+    """Computes the backbone features ``fine_tune`` caches, before any timed ablation row."""
+    from cnnlab.models.transfer import build_transfer_model
+    from cnnlab.training.cached_features import feature_cache
+
+    model = build_transfer_model(backbone, data.num_classes, data.image_size,
+                                 resolve_weights(backbone, "local", weights_dir))
+    cache = feature_cache(model, data.dataset, data.image_size, dirs.data)
+    for split, rows in (("train", data.train_rows), ("val", data.val_rows)):
+        cache.features(split, rows)
 
 
 def seconds_to_reach(run: dict, target: float) -> float | None:
@@ -204,39 +265,57 @@ def _print(label: str, run: dict) -> None:
           f"(n={run['test_images']}), {run['seconds']:.0f} s")
 
 
+def _busy(load: list[float], cores: int) -> bool:
+    """Whether a row was measured above one load per core (its timings not comparable)."""
+    return max(load) > cores
+
+
 def render_markdown(report: dict) -> str:
     """The JSON report as the markdown tables of docs/benchmarks/time_to_accuracy.md."""
     lines = ["# Time to accuracy: plain Keras recipe vs cnnlab `fine_tune`", "",
              "Generated by `python benchmarks/time_to_accuracy.py` from "
              "[time_to_accuracy.json](time_to_accuracy.json); do not edit by hand. Each row "
              "was measured in one process, on the machine and at the load recorded in the "
-             "JSON. Test accuracy on the whole test split with a 95% Wilson interval.", "",
-             "| dataset | backbone | px | (a) plain Keras: test [95% CI] | (a) s | "
-             "(b) fine_tune: test [95% CI] | (b) s | (b) reaches (a)'s final val acc after | "
-             "ratio to (a)'s time | measured |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "JSON, each arm once per seed on the same splits. Test accuracy on the whole "
+             "test split: mean ± standard deviation over the seeds; (b) - (a) is the paired "
+             "difference with its 95% bootstrap interval over (seed, test image) pairs, a "
+             "gain only where the interval excludes zero. The target is (a)'s best "
+             "validation accuracy.", "",
+             "| dataset | backbone | px | seeds | (a) plain Keras: test | (a) s | "
+             "(b) fine_tune: test | (b) s | (b) - (a) [95% CI] | (b) reaches (a)'s best val "
+             "acc after | ratio to (a)'s time | load (1 min) | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(report.get("runs", {})):
         run = report["runs"][key]
-        a, b = run["plain"], run["fine_tune"]
+        if "gain" not in run:  # a single-seed row of an earlier version: not shown
+            continue
+        a, b, gain = run["plain_summary"], run["fine_tune_summary"], run["gain"]
         reach = run["seconds_to_target"]
         reached = "never" if reach is None else f"{reach:.0f} s"
-        ratio = "" if reach is None else f"{reach / a['seconds']:.2f}"
+        ratio = "" if reach is None else f"{run['ratio_to_plain']:.2f}"
+        verdict = "" if gain["excludes zero"] else " (within noise)"
+        load = "–".join(f"{x:.1f}" for x in run["load_average"])
+        busy = " BUSY: timings not comparable" if _busy(run["load_average"], run["cores"]) \
+            else ""
         lines.append(
-            f"| {run['dataset']} | {run['backbone']} | {run['image_size']} | "
-            f"{a['test_accuracy']:.3f} [{a['test_interval'][0]:.3f}, {a['test_interval'][1]:.3f}]"
-            f" | {a['seconds']:.0f} | {b['test_accuracy']:.3f} [{b['test_interval'][0]:.3f}, "
-            f"{b['test_interval'][1]:.3f}] | {b['seconds']:.0f} | "
-            f"{reached} | {ratio} | {run['measured']} |")
+            f"| {run['dataset']} | {run['backbone']} | {run['image_size']} | {a['seeds']} | "
+            f"{a['test_accuracy_mean']:.3f} ± {a['test_accuracy_sd']:.3f} | "
+            f"{a['seconds_mean']:.0f} ± {a['seconds_sd']:.0f} | "
+            f"{b['test_accuracy_mean']:.3f} ± {b['test_accuracy_sd']:.3f} | "
+            f"{b['seconds_mean']:.0f} ± {b['seconds_sd']:.0f} | "
+            f"{gain['difference']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]{verdict} | "
+            f"{reached} | {ratio} | {load}{busy} | {run['measured']} |")
     for key in sorted(report.get("ablations", {})):
         ablation = report["ablations"][key]
+        if "cache_warmed" not in ablation:  # timed before every row had the same cache state
+            continue
         epochs = (f"{ablation['freeze_epochs']} head epochs on cached features, then "
-                  f"{ablation['fine_tune_epochs']} stage-2 epochs" if "freeze_epochs" in ablation
-                  else "the same epochs")
+                  f"{ablation['fine_tune_epochs']} stage-2 epochs")
         lines += ["", f"## Ablation: {ablation['dataset']}, {ablation['backbone']}, "
                   f"{ablation['image_size']} px ({ablation['measured']})", "",
                   "One change at a time, each row adding to the one above it (the last row "
-                  f"is the previous default, for comparison). Every row: {epochs}, same "
-                  "seed.", "",
+                  f"is the previous default, for comparison). Every row: {epochs}, seed "
+                  f"{ablation['seed']}, the backbone features cached before the first row.", "",
                   "| recipe | best val accuracy | test accuracy [95% CI] | s |",
                   "|---|---|---|---|"]
         for step in ablation["steps"]:
@@ -254,6 +333,8 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+",
                         default=["mobilenet_v3_small_075", "mobilenet_v2"])
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                        help="seeds of each arm (at least 3 for a claim)")
     parser.add_argument("--profile", default="cpu", help="fine_tune's epochs and rates")
     parser.add_argument("--fine-tune-epochs", type=int,
                         help="override the profile's stage-2 epochs (e.g. a shorter ablation)")
@@ -285,9 +366,9 @@ def main() -> None:
                                               **DATASET_OPTIONS[name])
         return manifests[name]
 
-    def data_for(name):
+    def data_for(name, seed):
         return TrainingData(manifest_for(name), args.image_size, profile.batch_size,
-                            get_dataset_spec(name).hflip, SEED, cache_dir=dirs.data / "cache")
+                            get_dataset_spec(name).hflip, seed, cache_dir=dirs.data / "cache")
 
     def weights_file(backbone):
         choice = resolve_weights(backbone, "local", weights_dir)
@@ -304,40 +385,54 @@ def main() -> None:
     for dataset in [] if args.skip_comparison else args.datasets:
         for backbone in args.backbones:
             load = os.getloadavg()[0]
-            print(f"== {dataset}, {backbone}, {args.image_size} px")
-            plain = plain_recipe(manifest_for(dataset), backbone, weights_file(backbone),
-                                 args.image_size, root / f"{dataset}-{backbone}")
-            _print("(a) plain Keras recipe", plain)
-            ours = cnnlab_fine_tune(data_for(dataset), backbone, weights_dir, profile, dirs)
-            _print("(b) cnnlab fine_tune", ours)
-            target = plain["final_val_accuracy"]
-            reach = seconds_to_reach(ours, target)
-            print(f"(b) passes (a)'s final validation accuracy {target:.3f} after "
-                  + ("never" if reach is None else
-                     f"{reach:.0f} s ({reach / plain['seconds']:.2f} of (a)'s time)"))
+            print(f"== {dataset}, {backbone}, {args.image_size} px, seeds {args.seeds}")
+            plain, ours = [], []
+            for seed in args.seeds:
+                plain.append(plain_recipe(manifest_for(dataset), backbone,
+                                          weights_file(backbone), args.image_size,
+                                          root / f"{dataset}-{backbone}-{seed}", seed))
+                _print(f"(a) plain Keras recipe, seed {seed}", plain[-1])
+                ours.append(cnnlab_fine_tune(data_for(dataset, seed), backbone, weights_dir,
+                                             profile, dirs, seed))
+                _print(f"(b) cnnlab fine_tune, seed {seed}", ours[-1])
+            gain = paired_gain(plain, ours)
+            target = float(np.mean([r["best_val_accuracy"] for r in plain]))
+            reach = [seconds_to_reach(r, target) for r in ours]
+            reached = None if None in reach else float(np.mean(reach))
+            plain_seconds = float(np.mean([r["seconds"] for r in plain]))
+            print(f"(b) - (a): {gain['difference']:+.3f} [{gain['low']:+.3f}, "
+                  f"{gain['high']:+.3f}] over {gain['n']} (seed, image) pairs; (b) reaches (a)'s "
+                  f"best validation accuracy {target:.3f} after "
+                  + ("never (in some seed)" if reached is None else
+                     f"{reached:.0f} s ({reached / plain_seconds:.2f} of (a)'s time)"))
             report["runs"][f"{dataset}:{backbone}:{args.image_size}"] = {
                 "dataset": dataset, "backbone": backbone, "image_size": args.image_size,
                 "train_images": len(manifest_for(dataset).split("train")),
-                "plain": plain, "fine_tune": ours, "target_val_accuracy": target,
-                "seconds_to_target": reach,
-                "ratio_to_plain": None if reach is None else round(reach / plain["seconds"], 3),
-                "measured": measured, "load_average": [load, os.getloadavg()[0]],
+                "seeds": list(args.seeds), "plain": plain, "fine_tune": ours,
+                "plain_summary": summarise(plain), "fine_tune_summary": summarise(ours),
+                "gain": gain, "target_val_accuracy": round(target, 4),
+                "seconds_to_target": None if reached is None else round(reached, 1),
+                "ratio_to_plain": None if reached is None else round(reached / plain_seconds, 3),
+                "measured": measured, "load_average": [round(load, 2),
+                                                       round(os.getloadavg()[0], 2)],
                 **environment}
             save()
     for item in args.ablation:
         dataset, _, backbone = item.partition(":")
-        print(f"== ablation: {dataset}, {backbone}, {args.image_size} px")
+        seed = args.seeds[0]
+        print(f"== ablation: {dataset}, {backbone}, {args.image_size} px, seed {seed}")
+        data = data_for(dataset, seed)
+        warm_feature_cache(data, backbone, weights_dir, dirs)
         load, steps = os.getloadavg()[0], []
         for label, recipe in ablation_recipes():
-            run = cnnlab_fine_tune(data_for(dataset), backbone, weights_dir, profile, dirs,
-                                   recipe)
+            run = cnnlab_fine_tune(data, backbone, weights_dir, profile, dirs, seed, recipe)
             _print(label, run)
             steps.append({"label": label, **run})
         report["ablations"][f"{dataset}:{backbone}:{args.image_size}"] = {
             "dataset": dataset, "backbone": backbone, "image_size": args.image_size,
             "freeze_epochs": profile.freeze_epochs, "fine_tune_epochs": profile.fine_tune_epochs,
-            "steps": steps, "measured": measured,
-            "load_average": [load, os.getloadavg()[0]], **environment}
+            "seed": seed, "cache_warmed": True, "steps": steps, "measured": measured,
+            "load_average": [round(load, 2), round(os.getloadavg()[0], 2)], **environment}
         save()
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 

@@ -375,3 +375,159 @@ def test_predictions_are_computed_once_per_model_and_split_and_read_by_every_rea
     save_model(load_model(folder), project.models, "sample-vehicles_cnn_bn",
                load_metadata(folder))
     assert not (folder / "predictions").exists()
+
+
+def test_paired_difference_gives_the_known_answer():
+    from cnnlab.evaluation.metrics import paired_difference
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(30, 10, 400)  # e.g. absolute percentage errors of one model per house
+    constant = paired_difference(a, a - 2.5)
+    assert constant["difference"] == pytest.approx(-2.5)
+    assert constant["low"] == pytest.approx(-2.5) and constant["high"] == pytest.approx(-2.5)
+    # b = a + d with d ~ N(1, 2^2): the mean difference's 95% interval is 1 +- 1.96 * 2/20.
+    noisy = paired_difference(a, a + rng.normal(1, 2, 400))
+    assert noisy["low"] == pytest.approx(noisy["difference"] - 0.196, abs=0.03)
+    assert noisy["high"] == pytest.approx(noisy["difference"] + 0.196, abs=0.03)
+    assert noisy["excludes zero"] and noisy["n"] == 400
+    # Two models far apart marginally but no different per item: within noise.
+    same = paired_difference(a, a + rng.normal(0, 2, 400))
+    assert same["low"] < 0 < same["high"] and not same["excludes zero"]
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference(a, a[:-1])
+
+
+def test_collapse_is_recognised_from_outputs():
+    from cnnlab.evaluation.metrics import collapse_reason
+
+    k = 53
+    constant = np.full((100, k), 0.5 / (k - 1))
+    constant[:, 7] = 0.5
+    assert "predicts 'c7' for 100% of 100 images" in collapse_reason(
+        constant, [f"c{i}" for i in range(k)])
+    uniform = np.full((100, k), 1 / k) + np.random.default_rng(0).normal(0, 1e-4, (100, k))
+    assert "near-uniform" in collapse_reason(uniform)
+    healthy = np.eye(k)[np.arange(100) % k] * 0.9 + 0.1 / k
+    assert collapse_reason(healthy) is None
+
+
+def test_a_collapsed_model_is_flagged_and_never_ranked(saved, project):
+    import keras
+
+    manifest, result = saved
+    test, val, classes = manifest.split("test"), manifest.split("val"), list(manifest.classes)
+    # A constant-output model: a softmax whose logits ignore the image, class 0 always first.
+    inputs = keras.Input(result.model.input_shape[1:])
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    logits = keras.layers.Dense(len(classes), kernel_initializer="zeros",
+                                bias_initializer=keras.initializers.Constant(
+                                    [3.0] + [0.0] * (len(classes) - 1)))(x)
+    outputs = keras.layers.Softmax(dtype="float32")(logits)
+    save_model(keras.Model(inputs, outputs), project.models, "sample-constant",
+               {**load_metadata(result.paths[".keras"]), "model": "constant"})
+    board, _ = evaluate_models(saved_models(project.models, "sample"), test, classes,
+                               batch_size=8, warmup=1, repeats=6, val_rows=val)
+    assert board["model"].tolist() == ["vehicles_cnn_bn", "constant"]  # collapsed last
+    constant = board.set_index("model").loc["constant"]
+    assert "predicts 'circle' for 100%" in constant["collapsed"]
+    assert not constant["Pareto"]
+    assert board.set_index("model").loc["vehicles_cnn_bn", "collapsed"] == ""
+    assert (board["val images"] == len(val)).all()
+
+
+def test_leaderboard_ranks_on_validation_and_never_reads_test_to_choose(saved, project,
+                                                                         monkeypatch):
+    from cnnlab.evaluation import leaderboard, predictions
+    from cnnlab.results import results_rows
+
+    manifest, result = saved
+    test, val, classes = manifest.split("test"), manifest.split("val"), list(manifest.classes)
+    seen = []
+    real = predictions.split_predictions
+
+    def recording(model, split, rows, *args, **kwargs):
+        seen.append(split)
+        return real(model, split, rows, *args, **kwargs)
+
+    monkeypatch.setattr(leaderboard, "split_predictions", recording)
+    board, _ = evaluate_models(saved_models(project.models, "sample"), test, classes,
+                               latency_batch_sizes=(), val_rows=val)
+    assert seen == ["test", "val"] and "val accuracy" in board
+    # Choosing reads the validation column only: a test score changed to anything leaves the
+    # choice as it was.
+    board = pd.concat([board, board.assign(model="worse_on_val", **{"val accuracy": 0.0,
+                                                                      "accuracy": 1.0})])
+    folder = project.reports / "r"
+    folder.mkdir()
+    board.to_csv(folder / "leaderboard.csv", index=False)
+    rows = results_rows(folder, "r", {"dataset": "sample"})
+    assert rows[0]["best model"].startswith("`vehicles_cnn_bn`")
+
+
+def test_pareto_front_ignores_latency_differences_inside_the_measurement_interval():
+    board = pd.DataFrame({"model": ["fast", "accurate", "slow"], "accuracy": [0.78, 0.80, 0.7],
+                          "ms": [6.98, 6.99, 20.0], "ms low": [6.5, 6.6, 19.0],
+                          "ms high": [7.4, 7.5, 21.0]})
+    assert pareto_front(board, "ms").tolist() == [False, True, False]
+    apart = board.assign(**{"ms low": [6.9, 7.5, 19.0], "ms high": [7.0, 7.6, 21.0]})
+    assert pareto_front(apart, "ms").tolist() == [True, True, False]
+    assert pareto_front(board.drop(columns=["ms low", "ms high"]), "ms").tolist() == [
+        True, True, False]
+
+
+def test_median_interval_of_repeated_timings():
+    from cnnlab.evaluation.leaderboard import median_interval
+
+    values = np.arange(1.0, 16.0)  # 15 timed calls
+    low, high = median_interval(values)
+    assert low == 4.0 and high == 12.0  # order statistics 4 and 12 of 15 (coverage 96.5%)
+    assert median_interval(np.array([3.0, 1.0, 2.0])) == (1.0, 3.0)
+
+
+def test_predictions_of_another_copy_of_the_dataset_are_computed_again(
+        sample_root, project, tmp_path, monkeypatch):
+    """Same file names and labels, other bytes or another root: never the old file's numbers."""
+    import shutil
+
+    import keras
+    from PIL import Image
+
+    from cnnlab.data.datasets import build_manifest
+    from cnnlab.evaluation import predictions
+
+    manifest = build_manifest(sample_root, "sample")
+    original, classes = manifest.split("test"), list(manifest.classes)
+    changed = original["path"][0]
+    shutil.copytree(sample_root, tmp_path / "redownload")
+    with Image.open(tmp_path / "redownload" / changed) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    Image.fromarray(255 - pixels).save(tmp_path / "redownload" / changed)
+    shutil.copytree(sample_root, tmp_path / "moved")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(len(classes), activation="softmax")])
+    folder = save_model(model, project.models, "sample-tiny", {"class_names": classes})["folder"]
+    calls = []
+    real = predictions.predict_dataset
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictions, "predict_dataset", counting)
+    first = predictions.split_predictions(folder, "test", original, classes)
+    read = predictions.split_predictions(folder, "test", original, classes)
+    assert len(calls) == 1  # the same rows: read from models/sample-tiny/predictions/test.npz
+    np.testing.assert_array_equal(read.probs, first.probs)
+    for count, name in enumerate(("redownload", "moved"), start=2):
+        rows = build_manifest(tmp_path / name, "sample").split("test")
+        assert rows["path"].tolist() == original["path"].tolist()
+        assert rows["label_index"].tolist() == original["label_index"].tolist()
+        again = predictions.split_predictions(folder, "test", rows, classes)
+        assert len(calls) == count, name
+        is_changed = (rows["path"] == changed).to_numpy()
+        if name == "redownload":  # the new bytes' probabilities, not the old file's
+            assert not np.allclose(again.probs[is_changed], first.probs[is_changed])
+        np.testing.assert_allclose(again.probs[~is_changed], first.probs[~is_changed], rtol=1e-5)

@@ -150,3 +150,36 @@ def test_fine_tune_stages_table_reads_the_run(sample_root, project, shared_dir):
     rates = [peak * m for m in group_multipliers(recipe.lr_mult, recipe.groups)]
     assert table.iloc[1]["backbone rates"] == ", ".join(f"{r:.2g}" for r in rates)
     assert len(set(table.iloc[1]["backbone rates"].split(", "))) == recipe.groups  # differ
+
+
+def test_a_twin_has_its_pretrained_twins_images_size_and_epoch_budget():
+    import types
+
+    import pandas as pd
+
+    from cnnlab.config import PROFILES, get_profile
+    from cnnlab.training.fine_tuning import twin_comparison, twin_settings
+
+    for profile in PROFILES.values():
+        for backbone in profile.scratch_twins:
+            ours, twin = profile.for_backbone(backbone), twin_settings(profile, backbone)
+            assert (twin.image_size, twin.max_train_per_class) == (
+                ours.image_size, ours.max_train_per_class)
+            assert twin.scratch_epochs == ours.freeze_epochs + ours.fine_tune_epochs
+    unfair = get_profile("cpu", backbone_overrides={"mobilenet_v2_scratch": {"image_size": 96}})
+    with pytest.raises(ValueError, match="settings of its own"):
+        twin_settings(unfair, "mobilenet_v2")
+
+    def result(name, size, epochs, accuracy):
+        args = {"train_images": 1060, "image_size": size}
+        run = types.SimpleNamespace(read_args=lambda: args)
+        return types.SimpleNamespace(name=name, weights="w", seconds=60.0, run=run,
+                                     history=pd.DataFrame({"val_accuracy": [accuracy] * epochs}))
+
+    table = twin_comparison({"m": result("m", 160, 26, 0.85),
+                             "m_scratch": result("m_scratch", 160, 26, 0.1)})
+    assert table.loc[0, "budget (both)"] == "1060 images at 160 px, 26 epochs"
+    assert table.loc[0, "pretrained - scratch"] == 0.75
+    with pytest.raises(ValueError, match="different budgets"):
+        twin_comparison({"m": result("m", 160, 26, 0.85),
+                         "m_scratch": result("m_scratch", 96, 3, 0.1)})

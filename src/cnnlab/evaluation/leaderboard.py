@@ -33,7 +33,7 @@ from cnnlab.deploy.export import (
     model_name,
 )
 from cnnlab.evaluation.interpretation import Interpretation
-from cnnlab.evaluation.metrics import CONFIDENCE
+from cnnlab.evaluation.metrics import CONFIDENCE, collapse_reason
 from cnnlab.evaluation.predictions import (
     ClassMismatchError,
     Predictions,
@@ -90,18 +90,53 @@ def measure_latency(model: keras.Model, batch_size: int = 1, warmup: int = 3,
         seed: Seed of the random input.
 
     Returns:
-        ``{"batch size", "median ms/batch", "median ms/image", "p90 ms/image", "runs"}``.
+        ``{"batch size", "median ms/batch", "median ms/image", "median ms/image low",
+        "median ms/image high", "p90 ms/image", "runs"}``: the low/high pair is the 95%
+        distribution-free interval of the median (:func:`median_interval`).
     """
     shape = (batch_size, *model.input_shape[1:])
     images = np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
     seconds = time_calls(lambda: model.predict_on_batch(images), warmup, repeats)
+    low, high = median_interval(seconds)
     return {
         "batch size": batch_size,
         "median ms/batch": float(np.median(seconds) * 1e3),
         "median ms/image": float(np.median(seconds) * 1e3 / batch_size),
+        "median ms/image low": low * 1e3 / batch_size,
+        "median ms/image high": high * 1e3 / batch_size,
         "p90 ms/image": float(np.percentile(seconds, 90) * 1e3 / batch_size),
         "runs": repeats,
     }
+
+
+def median_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Distribution-free interval of the median: a pair of order statistics.
+
+    The number of values below the population median is Binomial(n, 1/2), so the interval
+    between the ``j``-th and ``(n - j + 1)``-th smallest values covers the median with
+    probability at least ``confidence`` for the largest such ``j`` (Hollander, Wolfe & Chicken,
+    "Nonparametric Statistical Methods", 3rd ed., 2014, §3.6).
+
+    Args:
+        values: ``(n,)`` repeated measurements (e.g. seconds per call).
+        confidence: Confidence level in (0, 1).
+
+    Returns:
+        ``(low, high)``; the smallest and largest value when ``n`` is too small for the level
+        (below 6 values at 95%).
+    """
+    from scipy import stats
+
+    ordered = np.sort(np.asarray(values, np.float64).reshape(-1))
+    n, alpha = len(ordered), (1 - confidence) / 2
+    # j: the largest count with P(Binomial(n, 1/2) <= j) <= alpha; 0-based, the low bound is
+    # the (j + 1)-th smallest value.
+    j = int(stats.binom.ppf(alpha, n, 0.5))
+    if stats.binom.cdf(j, n, 0.5) > alpha:
+        j -= 1
+    if j < 0:
+        return float(ordered[0]), float(ordered[-1])
+    return float(ordered[j]), float(ordered[n - 1 - j])
 
 
 def machine_description() -> str:
@@ -196,6 +231,10 @@ def leaderboard_row(path: str | os.PathLike, predictions: Predictions,
     }
     for result in latency:
         row[f"ms/image (batch {result['batch size']})"] = round(result["median ms/image"], 2)
+        for end in ("low", "high"):
+            if f"median ms/image {end}" in result:
+                row[f"ms/image (batch {result['batch size']}) {end}"] = round(
+                    result[f"median ms/image {end}"], 2)
     if latency:
         row["latency device"] = machine_description()
         # Other work on a shared machine slows the timings; the load says how busy it was.
@@ -206,8 +245,30 @@ def leaderboard_row(path: str | os.PathLike, predictions: Predictions,
     return row
 
 
+def rank(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard in ranking order: by ``val accuracy`` (else ``accuracy``), best first,
+    with collapsed models (a non-empty ``collapsed`` column) after every other, unranked.
+
+    Args:
+        board: One row per model.
+
+    Returns:
+        The rows reordered, index reset.
+    """
+    order = "val accuracy" if "val accuracy" in board else "accuracy"
+    collapsed = board["collapsed"].fillna("").astype(str) != "" if "collapsed" in board else \
+        pd.Series(False, index=board.index)
+    return board.assign(_collapsed=collapsed).sort_values(
+        ["_collapsed", order], ascending=[True, False], kind="stable"
+    ).drop(columns="_collapsed").reset_index(drop=True)
+
+
 def pareto_front(board: pd.DataFrame, cost: str, value: str = "accuracy") -> pd.Series:
     """Which models no other model beats on both ``cost`` (lower) and ``value`` (higher).
+
+    Where ``board`` has ``f"{cost} low"`` and ``f"{cost} high"`` (the interval of a measured
+    latency), costs whose intervals overlap count as equal: a model is not kept on the front
+    for being 0.01 ms faster inside the noise of the measurement.
 
     Args:
         board: One row per model.
@@ -218,9 +279,18 @@ def pareto_front(board: pd.DataFrame, cost: str, value: str = "accuracy") -> pd.
         Boolean Series aligned with ``board``: True on the Pareto front.
     """
     costs, values = board[cost].to_numpy(float), board[value].to_numpy(float)
+    if f"{cost} low" in board and f"{cost} high" in board:  # measured with an interval
+        low, high = board[f"{cost} low"].to_numpy(float), board[f"{cost} high"].to_numpy(float)
+        low, high = np.where(np.isnan(low), costs, low), np.where(np.isnan(high), costs, high)
+    else:
+        low = high = costs
+    # j dominates i when j is no slower beyond the measurement's interval (j's low end at or
+    # below i's high end), at least as accurate, and better in one: more accurate, or faster
+    # with the intervals apart. A latency difference inside the intervals keeps no model.
     dominated = [
-        bool(np.any((costs <= c) & (values >= v) & ((costs < c) | (values > v))))
-        for c, v in zip(costs, values)
+        bool(np.any((low <= high[i]) & (values >= values[i])
+                    & ((values > values[i]) | (high < low[i]))))
+        for i in range(len(costs))
     ]
     return pd.Series(~np.array(dominated, dtype=bool), index=board.index, name="Pareto")
 
@@ -235,6 +305,7 @@ def evaluate_models(
     repeats: int = 15,
     checkpoints_dir: str | os.PathLike | None = None,
     split: str = "test",
+    val_rows: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Interpretation]]:
     """Evaluates saved models on a whole split, each at its own input size.
 
@@ -253,11 +324,19 @@ def evaluate_models(
         repeats: Timed calls per latency measurement (the median is reported).
         checkpoints_dir: The ``checkpoints/`` folder holding the run folders.
         split: Name of the split ``rows`` come from (names the predictions file).
+        val_rows: The validation split's rows. Given, each model is also scored on it (saved
+            predictions, ``models/<name>/predictions/val.npz``) and the board is ordered by
+            that ``val accuracy``: its first row is the model chosen on validation, so the
+            test split reports and never chooses. Without them the board is ordered by
+            ``accuracy`` on ``rows``.
 
     Returns:
-        ``(leaderboard, interpretations)``: a DataFrame sorted by accuracy (one row per model,
-        columns of :func:`leaderboard_row`, plus ``Pareto`` when batch-1 latency was timed)
-        and ``{model name: interpret.Interpretation}`` with each model and its predictions.
+        ``(leaderboard, interpretations)``: a DataFrame (one row per model, columns of
+        :func:`leaderboard_row`, ``val accuracy`` with ``val_rows``, ``collapsed`` (why a
+        model's outputs show a collapsed run, ``metrics.collapse_reason`` on validation,
+        else on ``rows``; such models come last, unranked and off the Pareto front) and
+        ``Pareto`` when batch-1 latency was timed), best first, and ``{model name:
+        interpret.Interpretation}`` with each model and its predictions.
 
     A model whose sidecar lists other classes than ``class_names`` is skipped with a printed
     reason; one with the same classes in another order is scored with its outputs reordered
@@ -284,16 +363,24 @@ def evaluate_models(
         predictions = split_predictions(path, split, rows, class_names, batch_size, model)
         interp = Interpretation(model, rows, predictions, name, order)
         timings = [measure_latency(model, b, warmup, repeats) for b in latency_batch_sizes]
-        rows_out.append(leaderboard_row(path, interp.predictions, model, timings,
-                                        checkpoints_dir))
+        row = leaderboard_row(path, interp.predictions, model, timings, checkpoints_dir)
+        scored = interp.predictions
+        if val_rows is not None:
+            scored = split_predictions(path, "val", val_rows.reset_index(drop=True),
+                                       class_names, batch_size, model)
+            row = {"model": row["model"],
+                   "val accuracy": float(np.mean(scored.y_pred == scored.y_true)),
+                   "val images": len(scored.y_true), **row}
+        row["collapsed"] = collapse_reason(scored.probs, class_names) or ""
+        rows_out.append(row)
         interpretations[name] = interp
     if not rows_out:
         raise ClassMismatchError("no saved model was trained on this split's classes (see the "
                                  "lines above); run notebooks 02 and 03 on this manifest")
-    board = pd.DataFrame(rows_out).sort_values("accuracy", ascending=False).reset_index(drop=True)
+    board = rank(pd.DataFrame(rows_out))
     if "ms/image (batch 1)" in board:
-        board.insert(board.columns.get_loc("ms/image (batch 1)"), "Pareto",
-                     pareto_front(board, "ms/image (batch 1)"))
+        front = pareto_front(board, "ms/image (batch 1)") & (board["collapsed"] == "")
+        board.insert(board.columns.get_loc("ms/image (batch 1)"), "Pareto", front)
     return board, interpretations
 
 
@@ -312,7 +399,7 @@ def plot_accuracy_vs_latency(board: pd.DataFrame, latency: str = "ms/image (batc
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter
 
-    front = pareto_front(board, latency)
+    front = board["Pareto"].astype(bool) if "Pareto" in board else pareto_front(board, latency)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     errors = np.vstack([board["accuracy"] - board["accuracy CI low"],
                         board["accuracy CI high"] - board["accuracy"]])
@@ -403,6 +490,7 @@ def leaderboard_markdown(board: pd.DataFrame) -> str:
         "macro-F1": f"macro-F1 [{level} CI] (n={n})",
     }).drop(columns=["test images"], errors="ignore")
     formats = {"params": "{:,.0f}", "trainable params": "{:,.0f}", "loss": "{:.3f}",
+               "val accuracy": "{:.3f}", "val images": "{:.0f}",
                ".keras MB": "{:.1f}", ".h5 MB": "{:.1f}", "train minutes": "{:.1f}",
                "epochs": "{:.0f}", "image size": "{:.0f}"}
     formats.update({c: "{:.2f}" for c in table.columns if str(c).startswith("ms/image")})

@@ -290,3 +290,92 @@ def bootstrap_interval(
     return float(point + factor * (low - point)), float(point + factor * (high - point))
 
 
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE,
+                      n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean of ``b - a`` over paired items with a bootstrap BCa interval.
+
+    For two models scored on the same items (test images, houses, or seeds run on the same
+    splits), the pairs are resampled together, so what both get right or wrong cancels out:
+    the interval is that of the difference itself, much narrower than two overlapping
+    marginal intervals suggest (Efron & Tibshirani 1993, "An Introduction to the Bootstrap",
+    ch. 14; ``scipy.stats.bootstrap(paired=True, method="BCa")``). A claim that ``b`` is
+    better (or worse) holds only where the interval excludes zero.
+
+    Args:
+        a: ``(n,)`` per-item scores of the first model (e.g. 1.0 for a correct image, or an
+            absolute percentage error).
+        b: ``(n,)`` scores of the second model on the same items, in the same order.
+        confidence: Confidence level in (0, 1).
+        n_resamples: Bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``{"difference", "low", "high", "n", "excludes zero"}``: mean of ``b - a``, its
+        interval, the number of pairs, and whether the interval excludes 0. With every
+        difference equal (nothing to resample), the interval is that value.
+
+    Raises:
+        ValueError: If the arrays differ in length, hold fewer than 2 pairs or non-finite
+            values.
+    """
+    a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"need two equally long arrays of at least 2 paired scores; got "
+                         f"{len(a)} and {len(b)}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("the scores hold NaN or infinite values")
+    differences = b - a
+    value = float(differences.mean())
+    if np.ptp(differences) == 0:
+        low = high = value
+    else:
+        result = stats.bootstrap((differences,), np.mean, confidence_level=confidence,
+                                 n_resamples=n_resamples, method="BCa", vectorized=True,
+                                 rng=np.random.default_rng(seed))
+        low, high = (float(result.confidence_interval.low),
+                     float(result.confidence_interval.high))
+        if not (np.isfinite(low) and np.isfinite(high)):  # BCa undefined: percentile
+            result = stats.bootstrap((differences,), np.mean, confidence_level=confidence,
+                                     n_resamples=n_resamples, method="percentile",
+                                     vectorized=True, rng=np.random.default_rng(seed))
+            low, high = (float(result.confidence_interval.low),
+                         float(result.confidence_interval.high))
+    return {"difference": value, "low": low, "high": high, "n": len(a),
+            "excludes zero": bool(low > 0 or high < 0)}
+
+
+def collapse_reason(probs: np.ndarray, class_names: list[str] | None = None,
+                    share: float = 0.9) -> str | None:
+    """Why a classifier's outputs show a collapsed run, or None when they do not.
+
+    A run has collapsed when it predicts (nearly) one class for every image, or when its
+    outputs are (nearly) uniform, so its loss sits at ``ln K`` (K classes): what training
+    from random weights at too high a rate, or VGG16 on unnormalised inputs, ends in. Such a
+    model is reported as collapsed and never ranked: its accuracy is chance, not a result.
+
+    Args:
+        probs: ``(n, K)`` predicted probabilities on a split (validation, for choosing).
+        class_names: Names in index order, for the message.
+        share: Fraction of images in one predicted class from which the run counts as
+            collapsed (with K > 2).
+
+    Returns:
+        E.g. ``"predicts 'three of spades' for 100% of 159 images"`` or
+        ``"near-uniform outputs: mean top probability 0.021 (1/K = 0.019)"``; None.
+    """
+    probs = np.asarray(probs, np.float64)
+    n, classes = probs.shape
+    if n == 0 or classes < 2:
+        return None
+    predicted = np.bincount(probs.argmax(axis=1), minlength=classes)
+    top = int(predicted.argmax())
+    if classes > 2 and predicted[top] >= share * n:
+        name = class_names[top] if class_names else str(top)
+        return f"predicts {name!r} for {predicted[top] / n:.0%} of {n} images"
+    confidence = float(probs.max(axis=1).mean())
+    if confidence < 1.5 / classes:
+        return (f"near-uniform outputs: mean top probability {confidence:.3f} "
+                f"(1/K = {1 / classes:.3f})")
+    return None

@@ -10,7 +10,7 @@ from scipy import stats
 
 from cnnlab.evaluation.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
 
-__all__ = ["METRICS", "regression_metrics", "metrics_table", "format_table"]
+__all__ = ["METRICS", "mape", "regression_metrics", "metrics_table", "format_table"]
 
 def _mae(t: np.ndarray, p: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(np.abs(t - p), axis=axis)
@@ -81,11 +81,22 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, confidence: float
     return row
 
 
-def metrics_table(rows: dict[str, dict]) -> pd.DataFrame:
-    """``{model: regression_metrics(...) plus extra fields}`` -> one row per model, by MAPE."""
+def mape(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean absolute percentage error in percent (``METRICS["MAPE %"]``), no interval."""
+    return float(_mape(np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)))
+
+
+def metrics_table(rows: dict[str, dict], by: str = "MAPE %") -> pd.DataFrame:
+    """``{model: regression_metrics(...) plus extra fields}`` -> one row per model.
+
+    Args:
+        rows: Metrics and extra fields per model.
+        by: Column to order by, lowest first (e.g. ``"val MAPE %"``, so that the first row is
+            the model chosen on validation).
+    """
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "model"
-    return table.sort_values("MAPE %")
+    return table.sort_values(by if by in table else "MAPE %")
 
 
 def format_table(table: pd.DataFrame, columns: tuple[str, ...] = ("MAPE %", "MAE", "R2")

@@ -34,7 +34,7 @@ from cnnlab.files import atomic_path
 from cnnlab.models.backbones import resolve_weights
 from cnnlab.tabular import models as mixed
 from cnnlab.tabular.columns import SPLITS, TabularData, TabularSpec, load_split
-from cnnlab.tabular.metrics import metrics_table, regression_metrics
+from cnnlab.tabular.metrics import mape, metrics_table, regression_metrics
 from cnnlab.tabular.photos import encode_photos, load_photos
 from cnnlab.tabular.preprocessing import (
     TargetScaler,
@@ -95,11 +95,17 @@ class MixedRun:
         return self.photo_sets[size]
 
     def table(self, split: str = "test") -> pd.DataFrame:
-        """Metrics of every model on ``split`` with intervals, best MAPE first."""
-        truth = self.data.target(split)
-        rows = {name: {**regression_metrics(truth, by_split[split]), **self.info.get(name, {})}
+        """Metrics of every model on ``split`` with intervals, and its validation MAPE.
+
+        Rows are ordered by ``val MAPE %``, lowest first: the first row is the model chosen
+        on validation (the test split reports, it never chooses).
+        """
+        truth, val_truth = self.data.target(split), self.data.target("val")
+        rows = {name: {**regression_metrics(truth, by_split[split]),
+                       "val MAPE %": mape(val_truth, by_split["val"]),
+                       **self.info.get(name, {})}
                 for name, by_split in self.predictions.items()}
-        return metrics_table(rows)
+        return metrics_table(rows, by="val MAPE %")
 
 
 def _tabular(run: MixedRun, split: str) -> np.ndarray:

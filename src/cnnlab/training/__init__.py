@@ -47,6 +47,7 @@ _EXPORTS = {
     "SCRATCH_SUFFIX": "fine_tuning",
     "train_backbones": "fine_tuning",
     "twin_comparison": "fine_tuning",
+    "twin_settings": "fine_tuning",
     "fit": "fitting",
     "seed_everything": "fitting",
     "PRECISION_POLICIES": "fitting",

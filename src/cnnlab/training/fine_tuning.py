@@ -371,7 +371,9 @@ def train_backbones(manifest, profile, weights: str = "imagenet", weights_dir=No
     run, with a smaller image size and fewer epochs, where the profile says so); each of
     ``profile.scratch_twins`` is trained again from random initialisation as
     ``<backbone>_scratch``, the no-transfer baseline of the same architecture (twins of
-    backbones not in ``profile.backbones`` are skipped).
+    backbones not in ``profile.backbones`` are skipped). A twin is a fair baseline by
+    construction (:func:`twin_settings`): the same training images, image size and epoch
+    budget as its pretrained twin.
 
     Args:
         manifest: A ``datasets.Manifest``.
@@ -392,15 +394,35 @@ def train_backbones(manifest, profile, weights: str = "imagenet", weights_dir=No
              if name in profile.backbones]
     results = {}
     for model_name, backbone, start in runs:
-        settings = profile.for_backbone(model_name)
-        if profile.is_short_run(model_name):
-            changed = ", ".join(f"{k}={v}" for k, v in profile.backbone_overrides[model_name]
+        twin = model_name != backbone
+        settings = twin_settings(profile, backbone) if twin else profile.for_backbone(backbone)
+        if profile.is_short_run(backbone):
+            changed = ", ".join(f"{k}={v}" for k, v in profile.backbone_overrides[backbone]
                                 .items())
             print(f"{model_name}: SHORT RUN of the {profile.name} profile ({changed})")
         results[model_name] = train_transfer(
             backbone, manifest, settings, start, weights_dir, dirs, seed, hflip, strategy,
             name=model_name)
     return results
+
+
+def twin_settings(profile, backbone: str):
+    """The settings of ``<backbone>_scratch``: its pretrained twin's, trained end to end.
+
+    The same training images (``max_train_per_class``), image size and epoch budget: the
+    twin's ``scratch_epochs`` is the pretrained twin's ``freeze_epochs + fine_tune_epochs``,
+    so the two see every training image equally often. A profile may not give a twin
+    settings of its own.
+
+    Raises:
+        ValueError: If ``profile.backbone_overrides`` has an entry for the twin.
+    """
+    if f"{backbone}{SCRATCH_SUFFIX}" in profile.backbone_overrides:
+        raise ValueError(f"profile {profile.name!r} gives {backbone}{SCRATCH_SUFFIX} settings "
+                         f"of its own; a twin takes its pretrained twin's (image size, "
+                         f"images, epochs), so remove that entry of backbone_overrides")
+    settings = profile.for_backbone(backbone)
+    return settings.replace(scratch_epochs=settings.freeze_epochs + settings.fine_tune_epochs)
 
 
 def twin_comparison(results: dict[str, TrainingResult]) -> pd.DataFrame:
@@ -410,8 +432,12 @@ def twin_comparison(results: dict[str, TrainingResult]) -> pd.DataFrame:
         results: :func:`train_backbones`' results.
 
     Returns:
-        One row per twin pair: ``model``, both starting weights, both best validation
-        accuracies, both training minutes and ``pretrained - scratch``.
+        One row per twin pair: ``model``, the budget both had (training images, image size,
+        epochs), both starting weights, both best validation accuracies, both training
+        minutes and ``pretrained - scratch``.
+
+    Raises:
+        ValueError: If a pair was trained on different budgets (not a fair comparison).
     """
     rows = []
     for name, twin in results.items():
@@ -420,7 +446,16 @@ def twin_comparison(results: dict[str, TrainingResult]) -> pd.DataFrame:
         pretrained = results[name[:-len(SCRATCH_SUFFIX)]]
         best = float(pretrained.history["val_accuracy"].max())
         scratch = float(twin.history["val_accuracy"].max())
-        rows.append({"model": pretrained.name, "pretrained weights": pretrained.weights,
+        ours, theirs = pretrained.run.read_args(), twin.run.read_args()
+        budget = {key: ours.get(key) for key in ("train_images", "image_size")}
+        budget["epochs"] = len(pretrained.history)
+        if budget != {**{key: theirs.get(key) for key in budget}, "epochs": len(twin.history)}:
+            raise ValueError(f"{pretrained.name} and {twin.name} were trained on different "
+                             f"budgets; train the twin with training.twin_settings")
+        rows.append({"model": pretrained.name,
+                     "budget (both)": f"{budget['train_images']} images at "
+                                      f"{budget['image_size']} px, {budget['epochs']} epochs",
+                     "pretrained weights": pretrained.weights,
                      "pretrained best val accuracy": round(best, 3),
                      "scratch best val accuracy": round(scratch, 3),
                      "pretrained - scratch": round(best - scratch, 3),
