@@ -195,6 +195,29 @@ def test_every_mixed_model_round_trips_and_fusion_beats_the_median(houses_dir, s
     table = run.table("test")
     assert table.loc["fusion", "MAPE %"] < table.loc["median", "MAPE %"]
     assert table.loc["fusion", "MAPE % high"] < table.loc["median", "MAPE % low"]
+    # Ordered by validation MAPE: the first row is the model chosen on validation.
+    assert table["val MAPE %"].is_monotonic_increasing
+    versus = run.compare("median", "fusion")  # paired over the same test houses
+    assert versus["difference"] == pytest.approx(
+        table.loc["fusion", "MAPE %"] - table.loc["median", "MAPE %"])
+    assert versus["high"] < 0 and versus["excludes zero"]
+    assert versus["n"] == table.loc["fusion", "n"]
+
+
+def test_sample_houses_are_generated_offline_in_the_houses_layout(project):
+    from cnnlab.data.synthetic import FRONTAL_PRICE_FACTOR
+    from cnnlab.tabular.columns import load_split, read_houses
+
+    data = load_split("sample_houses", dirs=project, verbose=False)
+    assert len(data.frame) == 240 and set(data.frame["split"]) == {"train", "val", "test"}
+    assert data.spec.title.startswith("Synthetic houses") and "SYNTHETIC" in data.spec.note
+    folder = project.data / "sample_houses" / "raw"
+    houses, left_out = read_houses(folder)
+    assert len(houses) == 240 and left_out.empty  # every line and all four photos are there
+    before = (folder / "HousesInfo.txt").stat().st_mtime_ns
+    load_split("sample_houses", dirs=project, verbose=False)  # generated once, then reread
+    assert (folder / "HousesInfo.txt").stat().st_mtime_ns == before
+    assert max(FRONTAL_PRICE_FACTOR.values()) / min(FRONTAL_PRICE_FACTOR.values()) == 2.0
 
 
 def test_cli_trains_one_mixed_model_beside_the_baselines(airbnb_dir, project, capsys):

@@ -107,6 +107,26 @@ class MixedRun:
                 for name, by_split in self.predictions.items()}
         return metrics_table(rows, by="val MAPE %")
 
+    def compare(self, a: str, b: str, split: str = "test") -> dict:
+        """``b``'s MAPE minus ``a``'s on the same houses, with its paired 95% interval.
+
+        The absolute percentage error of each house under both models is paired
+        (:func:`cnnlab.evaluation.metrics.paired_difference`), so the interval is that of the
+        difference itself: ``b`` is better only where it lies below zero.
+
+        Returns:
+            ``{"difference", "low", "high", "n", "excludes zero"}`` in percentage points.
+
+        Raises:
+            KeyError: If either model has no predictions in this run.
+        """
+        from cnnlab.evaluation.metrics import paired_difference
+
+        truth = self.data.target(split)
+        errors = {name: 100 * np.abs(self.predictions[name][split] - truth) / np.abs(truth)
+                  for name in (a, b)}
+        return paired_difference(errors[a], errors[b])
+
 
 def _tabular(run: MixedRun, split: str) -> np.ndarray:
     return run.preprocessor.transform(run.data.rows(split)).astype(np.float32)
