@@ -6,12 +6,16 @@ DATASET ?= sample
 # quick: the generated sample in under 5 minutes on 2 CPU cores; cpu: a real dataset on a CPU.
 PROFILE ?= $(if $(filter sample,$(DATASET)),quick,cpu)
 WEIGHTS_DIR ?= $(firstword $(wildcard ../shared/weights))
-# local: ImageNet weights from files in WEIGHTS_DIR where present, random init elsewhere (said
-# in every output); imagenet (the default with no WEIGHTS_DIR) downloads them through Keras.
-WEIGHTS ?= $(if $(WEIGHTS_DIR),local,imagenet)
+# auto: ImageNet weights from a file in WEIGHTS_DIR, else Keras' download, else (offline)
+# random initialisation, announced in capitals and said in every output. imagenet refuses to
+# go on without them; local never downloads.
+WEIGHTS ?= auto
 # Notebook 07: the Houses dataset and the Airbnb course CSVs, if ../shared is beside the checkout.
 export CNNLAB_HOUSES_DIR ?= $(abspath $(firstword $(wildcard ../shared/datasets/houses)))
 export CNNLAB_AIRBNB_DIR ?= $(abspath $(firstword $(wildcard ../shared/datasets/airbnb-madrid)))
+# Without a local copy of the Houses dataset, the generated sample's run uses generated houses
+# (no network needed); a real dataset's run downloads the Houses dataset.
+MIXED_DATASET ?= $(if $(CNNLAB_HOUSES_DIR),houses,$(if $(filter sample,$(DATASET)),sample_houses,houses))
 ARGS ?=
 # A local copy of the DeepLab TFLite models, if this checkout has ../shared beside it.
 export CNNLAB_DEEPLAB_DIR ?= $(abspath $(firstword $(wildcard ../shared/models/deeplab)))
@@ -30,7 +34,7 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/cnnlab run --dataset $(DATASET) --profile $(PROFILE) --weights $(WEIGHTS) \
-		$(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(ARGS)
+		--mixed-dataset $(MIXED_DATASET) $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 from cnnlab.cli import main
 from cnnlab.config import display_path
 from cnnlab.notebooks import NOTEBOOKS, run_notebooks
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _outputs(path) -> str:
@@ -213,6 +216,23 @@ def test_progress_lines_keep_one_line_per_model():
     assert not ProgressLines().filter(epochs_only)
 
 
+def test_progress_lines_show_each_warning_once_per_run():
+    import logging
+
+    from cnnlab.notebooks import ProgressLines
+
+    progress = ProgressLines()  # one per `cnnlab run`, across its notebooks
+    warning = "WARNING: NO IMAGENET WEIGHTS FOR VGG16: THE KERAS DOWNLOAD FAILED (URLError)."
+
+    def shown(text):
+        record = logging.LogRecord("papermill", logging.INFO, __file__, 1, text, None, None)
+        return record.getMessage() if progress.filter(record) else None
+
+    assert shown(f"Epoch 1/2\n{warning}") == warning  # notebook 03
+    assert shown(f"{warning}\nvgg16: weights = NONE") == "vgg16: weights = NONE"  # notebook 04
+    assert shown(warning) is None
+
+
 @pytest.mark.slow
 def test_a_run_prints_no_kernel_or_tensorflow_start_up_lines(project, capfd):
     from cnnlab.startup_logs import keep_line
@@ -245,14 +265,17 @@ def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(pr
     notebook.metadata["papermill"]["parameters"].update(dataset="cards", mixed_dataset="houses")
     notebook.metadata["cnnlab"] = {"hardware": "CPU only: 2 cores (x86_64)"}
     nbformat.write(notebook, report / NOTEBOOKS[0])
-    pd.DataFrame({"model": ["mobilenet_v2", "retail_cnn"], "test images": [265, 265],
-                  "accuracy": [0.789, 0.3], "accuracy CI low": [0.736, 0.25],
-                  "accuracy CI high": [0.834, 0.36], "train minutes": [64.4, 3.0]}).to_csv(
+    # Validation chooses: the model with the better test score is not the one chosen.
+    pd.DataFrame({"model": ["retail_cnn", "mobilenet_v2"], "val accuracy": [0.652, 0.849],
+                  "test images": [265, 265],
+                  "accuracy": [0.9, 0.789], "accuracy CI low": [0.86, 0.736],
+                  "accuracy CI high": [0.93, 0.834], "train minutes": [3.0, 64.4]}).to_csv(
         report / "leaderboard.csv", index=False)
     (report / "leaderboard.md").write_text("| model |\n|---|\n| mobilenet_v2 |\n")
-    pd.DataFrame({"model": ["fusion"], "MAPE %": [27.04], "MAPE % low": [23.1],
-                  "MAPE % high": [31.6], "inputs": ["tabular + photos"], "seconds": [32.0]}
-                 ).to_csv(report / "07_metrics.csv", index=False)
+    pd.DataFrame({"model": ["mlp", "fusion"], "val MAPE %": [31.0, 25.5],
+                  "MAPE %": [20.0, 27.04], "MAPE % low": [17.0, 23.1],
+                  "MAPE % high": [24.0, 31.6], "inputs": ["tabular", "tabular + photos"],
+                  "seconds": [5.0, 32.0]}).to_csv(report / "07_metrics.csv", index=False)
     pd.DataFrame({"notebook": list(NOTEBOOKS), "seconds": [1.0] * 6 + [625.4]}).to_csv(
         report / "timings.csv", index=False)
     for name, agree, low, high in (("deeplabv3_257_float", 542, 0.644, 0.709),
@@ -270,9 +293,22 @@ def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(pr
     text = readme.read_text()
     assert "old table" not in text and text.endswith("\nafter\n")
     assert f"| [07](notebooks/{NOTEBOOKS[6]}) | [10.4 min](notebooks/{NOTEBOOKS[6]}) |" in text
-    assert ("| cards | classification | `mobilenet_v2` | test accuracy 0.789 [0.736, 0.834] "
-            "(n=265) | 64.4 min training | [notebook 05](notebooks/05_evaluation.ipynb) |") in text
-    assert "test MAPE 27.0 [23.1, 31.6] %" in text
+    assert ("| cards | classification | `mobilenet_v2` (val accuracy 0.849) | test accuracy "
+            "0.789 [0.736, 0.834] (n=265) | 64.4 min training | "
+            "[notebook 05](notebooks/05_evaluation.ipynb) |") in text
+    assert "`fusion` (tabular + photos; val MAPE 25.5 %) | test MAPE 27.0 [23.1, 31.6] %" in text
+    from cnnlab.results import run_summary
+
+    summary = run_summary(report, {"dataset": "cards", "mixed_dataset": "houses"})
+    assert "classification (cards): mobilenet_v2 (val accuracy 0.849): test accuracy 0.789" in \
+        summary
+    assert "price regression (houses): fusion (tabular + photos; val MAPE 25.5 %)" in summary
+    assert "agreement 0.751" in summary and "reports/r1/*.ipynb" in summary
+    # A table without validation scores cannot choose: publishing refuses it.
+    pd.read_csv(report / "leaderboard.csv").drop(columns="val accuracy").to_csv(
+        report / "leaderboard.csv", index=False)
+    with pytest.raises(ValueError, match="chosen on validation"):
+        publish_run("r1", project, readme)
     assert "classification (benchmark)" not in text  # only the run's own results
     assert "agreement 0.751 [0.720, 0.780] (601 of 800 images)" in text  # the better backend
     assert "cnnlab run --run-id r1` (CPU only: 2 cores (x86_64))" in text
@@ -285,3 +321,46 @@ def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(pr
     _executed(report / NOTEBOOKS[1], "other-run", ["x\n"])
     with pytest.raises(ValueError, match="different runs"):
         publish_run("r1", project, readme)
+
+
+@pytest.mark.slow
+def test_make_run_completes_offline_without_shared_and_says_what_it_fell_back_to(tmp_path):
+    """A newcomer's `make run`: a fresh folder with no ../shared and every download refused."""
+    root = tmp_path / "newcomer"  # tmp_path/shared does not exist: no ../shared beside it
+    root.mkdir()
+    for name in ("Makefile", "pyproject.toml", "requirements.txt"):
+        shutil.copy2(REPO / name, root / name)  # mtimes kept: the venv counts as installed
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    venv = Path(sys.prefix)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CNNLAB_") and k.lower() not in ("no_proxy", "pytest_addopts")}
+    unreachable = "http://127.0.0.1:9"  # nothing listens there: every download is refused
+    env.update(KERAS_HOME=str(tmp_path / "keras"), HTTPS_PROXY=unreachable,
+               HTTP_PROXY=unreachable, https_proxy=unreachable, http_proxy=unreachable)
+    result = subprocess.run(
+        ["make", "-o", str(venv / ".installed"), "run", f"VENV={venv}",
+         "ARGS=--run-id newcomer"], cwd=root, env=env, capture_output=True, text=True,
+        timeout=1500)
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-3000:]
+    assert "--weights auto" in console and "--mixed-dataset sample_houses" in console
+    # Each fallback announced in capitals, once per run on the console.
+    announced = [line for line in console.splitlines() if "WARNING: NO IMAGENET WEIGHTS" in line]
+    assert announced and len(announced) == len(set(announced)), announced
+    assert any("MOBILENET_V3_SMALL_075" in line for line in announced)
+    assert "WARNING: NO PRETRAINED DEEPLAB MODEL DEEPLABV3_257_FLOAT" in console
+    # The closing summary: each task's model chosen on validation, its test score, the notebooks.
+    summary = console[console.index("Results (models chosen on validation"):]
+    assert "classification (sample): " in summary and "test accuracy " in summary
+    assert "price regression (sample_houses): " in summary and "test MAPE " in summary
+    assert "reports/newcomer/*.ipynb" in summary
+    report = root / "reports" / "newcomer"
+    transfer = _outputs(report / "03_transfer_learning.ipynb")
+    assert "WARNING: NO IMAGENET WEIGHTS FOR MOBILENET_V3_SMALL_075" in transfer
+    assert "RANDOM INIT: THE IMAGENET DOWNLOAD FAILED" in transfer
+    board = pd.read_csv(report / "leaderboard.csv")
+    assert board["weights"].str.contains("RANDOM INIT: the ImageNet download failed").any()
+    assert "Synthetic houses" in _outputs(report / "07_mixed_data_regression.ipynb")
+    from cnnlab.notebooks import check_notebooks
+
+    assert check_notebooks(sorted(report.glob("*.ipynb"))) == []

@@ -162,6 +162,27 @@ def test_download_failure_is_loud(monkeypatch: pytest.MonkeyPatch) -> None:
     assert url in str(info.value) and "path=" in str(info.value)
 
 
+def test_load_deeplab_models_goes_on_without_a_failed_download_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, capsys, deeplab_dir: Path, tmp_path: Path) -> None:
+    def failing_get_file(*args, **kwargs):
+        raise OSError("URL fetch failure: [Errno 111] Connection refused")
+
+    fake_keras = types.SimpleNamespace(utils=types.SimpleNamespace(get_file=failing_get_file))
+    monkeypatch.setitem(sys.modules, "keras", fake_keras)
+    monkeypatch.delenv(DEEPLAB_DIR_ENV, raising=False)
+    assert segment.load_deeplab_models() == {}
+    out = capsys.readouterr().out
+    for name, spec in DEEPLAB_MODELS.items():
+        assert f"WARNING: NO PRETRAINED DEEPLAB MODEL {name.upper()}" in out
+        assert spec.url in out and DEEPLAB_DIR_ENV in out
+    # The files that can be had are used; a folder that lacks them is the user's to fix.
+    monkeypatch.setenv(DEEPLAB_DIR_ENV, str(deeplab_dir))
+    assert list(segment.load_deeplab_models()) == list(DEEPLAB_MODELS)
+    monkeypatch.setenv(DEEPLAB_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not contain"):
+        segment.load_deeplab_models()
+
+
 @pytest.mark.shared
 def test_fallback_to_tf_lite_warns(monkeypatch: pytest.MonkeyPatch, deeplab_dir: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter

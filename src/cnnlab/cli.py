@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--segment-data-dir", help="folder of images for notebook 04")
     run.add_argument("--images-dir", help="folder of new images for notebook 06")
     run.add_argument("--model-name", help="model deployed in notebook 06 (default: best)")
-    run.add_argument("--mixed-dataset", default="houses", choices=("houses", "airbnb"),
+    run.add_argument("--mixed-dataset", default="houses",
+                     choices=("houses", "sample_houses", "airbnb"),
                      help="dataset of notebook 07 (mixed data regression)")
     run.add_argument("--mixed-data-dir", help="local copy of the Houses dataset for notebook 07 "
                      "(default: download it)")
@@ -133,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     mixed.set_defaults(func=_mixed)
     mixed.add_argument("model", choices=list(MIXED_MODELS),
                        help="; ".join(f"{k}: {v[2]}" for k, v in MIXED_MODELS.items()))
-    mixed.add_argument("--dataset", default="houses", choices=("houses", "airbnb"))
+    mixed.add_argument("--dataset", default="houses",
+                       choices=("houses", "sample_houses", "airbnb"))
     mixed.add_argument("--data-dir", help="local copy of the data (houses: default download; "
                        "airbnb: the folder of the course CSVs)")
     mixed.add_argument("--listings-url", help="airbnb: an Inside Airbnb listings.csv.gz URL or "
@@ -187,6 +189,7 @@ def _manifest(args) -> int:
 def _run(args) -> int:
     """``cnnlab run``: executes the notebooks in order."""
     from cnnlab.notebooks import NotebookFailed, ProgressLines, run_notebooks
+    from cnnlab.results import run_summary
 
     if not args.quiet:  # papermill streams cell outputs through its logger
         handler = logging.StreamHandler(sys.stdout)
@@ -215,6 +218,7 @@ def _run(args) -> int:
         print(f"cnnlab run stopped: {error}", file=sys.stderr)
         return 1
     print(timings.to_string(index=False))
+    print(run_summary(timings.attrs["report"], parameters))
     return 0
 
 

@@ -35,17 +35,31 @@ PATH_VARIABLES = ("CNNLAB_DEEPLAB_DIR", "CNNLAB_WEIGHTS_DIR", "CNNLAB_ROOT",
                   "CNNLAB_HOUSES_DIR", "CNNLAB_AIRBNB_DIR")
 
 # Lines of the notebooks' output that `cnnlab run` shows by default: one per model trained
-# (what it starts from, or its result), so the console reads as a progress log.
+# (what it starts from, or its result), so the console reads as a progress log, and every
+# announcement in capitals (``WARNING: ...``, e.g. weights that could not be downloaded).
 PROGRESS_LINES = re.compile(r"^(training \S+: |\S+: weights = |\S+: \d+ epochs in |"
-                            r"\S+: SHORT RUN |Best test )")
+                            r"\S+: SHORT RUN |Best test |WARNING: )")
 
 
 class ProgressLines(logging.Filter):
-    """Keeps only :data:`PROGRESS_LINES` of the cell outputs papermill logs."""
+    """Keeps only :data:`PROGRESS_LINES` of the cell outputs papermill logs.
+
+    A ``WARNING:`` line is shown once per run, though every notebook that meets the same
+    problem prints it in its own output.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.warned: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        lines = [line for line in record.getMessage().splitlines()
-                 if PROGRESS_LINES.match(line)]
+        lines = []
+        for line in record.getMessage().splitlines():
+            if not PROGRESS_LINES.match(line) or line in self.warned:
+                continue
+            if line.startswith("WARNING: "):
+                self.warned.add(line)
+            lines.append(line)
         if not lines:
             return False
         record.msg, record.args = "\n".join(lines), ()
@@ -235,7 +249,8 @@ def run_notebooks(
 
     Returns:
         Seconds per notebook, also written to ``reports/<run-id>/timings.csv`` (with ``only``,
-        the rows of notebooks not rerun are kept from that file).
+        the rows of notebooks not rerun are kept from that file); ``attrs["report"]`` is the
+        run's folder.
 
     Raises:
         NotebookFailed: At the first notebook that raises.
@@ -248,6 +263,9 @@ def run_notebooks(
     config = Config()
     if os.name != "nt":
         config.KernelManager.transport = "ipc"
+    # A kernel that is slow to exit on a busy machine is interrupted after jupyter_client's
+    # default 5 s ("KeyboardInterrupt caught in kernel" on the console); give it longer.
+    config.KernelManager.shutdown_wait_time = 30.0
     dirs = dirs or project_dirs()
     notebooks_dir = dirs.root / "notebooks"
     run_id = run_id or "-".join(
@@ -293,6 +311,7 @@ def run_notebooks(
                                   ignore_index=True)
     with atomic_path(out_dir / "timings.csv") as tmp:
         table.to_csv(tmp, index=False)
+    table.attrs["report"] = out_dir
     return table
 
 

@@ -43,7 +43,10 @@ def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
 
 
 def results_rows(results: Path, run_id: str, meta: dict) -> list[dict]:
-    """README's results rows from a published run's tables (at most six).
+    """README's results rows from a run's tables (at most six), each model chosen on validation.
+
+    The classifier is the leaderboard's best ``val accuracy`` and the price regressor the
+    lowest ``val MAPE %``; their test scores are reported, never used to choose.
 
     Args:
         results: ``docs/results/`` holding the run's tables.
@@ -58,11 +61,15 @@ def results_rows(results: Path, run_id: str, meta: dict) -> list[dict]:
     board_file = results / "leaderboard.csv"
     if board_file.is_file():
         board = pd.read_csv(board_file)
-        top = board.iloc[0]
+        if "val accuracy" not in board:
+            raise ValueError(f"{board_file} has no 'val accuracy' column: the best model is "
+                             f"chosen on validation; rerun notebook 05")
+        ranked = board[board["collapsed"].fillna("") == ""] if "collapsed" in board else board
+        top = ranked.loc[ranked["val accuracy"].idxmax()]
         minutes = top.get("train minutes")
         rows.append({
             "dataset": meta.get("dataset", "?"), "task": "classification",
-            "best model": f"`{top['model']}`",
+            "best model": f"`{top['model']}` (val accuracy {top['val accuracy']:.3f})",
             "result": "test accuracy " + _interval(top["accuracy"], top["accuracy CI low"],
                                                    top["accuracy CI high"])
                       + f" (n={int(top['test images'])})",
@@ -84,11 +91,14 @@ def results_rows(results: Path, run_id: str, meta: dict) -> list[dict]:
     metrics_file = results / "07_metrics.csv"
     if metrics_file.is_file():
         metrics = pd.read_csv(metrics_file, index_col="model")
-        best = metrics.index[0]
+        if "val MAPE %" not in metrics:
+            raise ValueError(f"{metrics_file} has no 'val MAPE %' column: the best model is "
+                             f"chosen on validation; rerun notebook 07")
+        best = metrics["val MAPE %"].idxmin()
         row = metrics.loc[best]
         rows.append({
             "dataset": meta.get("mixed_dataset", "houses"), "task": "price regression",
-            "best model": f"`{best}` ({row['inputs']})",
+            "best model": f"`{best}` ({row['inputs']}; val MAPE {row['val MAPE %']:.1f} %)",
             "result": "test MAPE " + _interval(row["MAPE %"], row["MAPE % low"],
                                                row["MAPE % high"], 1) + " %",
             "time": f"{row['seconds']:.0f} s training",
@@ -96,10 +106,40 @@ def results_rows(results: Path, run_id: str, meta: dict) -> list[dict]:
     return rows[:6]
 
 
+def run_summary(report: str | os.PathLike, parameters: dict | None = None) -> str:
+    """What a ``cnnlab run`` learned, as the console lines that close it.
+
+    Per task, the model chosen on validation with its test score and interval (the rows of
+    :func:`results_rows`, read from the run's tables), then where the notebooks and figures
+    are. Tasks whose tables the run did not write are left out.
+
+    Args:
+        report: The run's folder ``reports/<run-id>/``.
+        parameters: The run's parameters (``dataset``, ``segment_dataset``, ``mixed_dataset``).
+
+    Returns:
+        Text of a few lines.
+    """
+    from cnnlab.config import display_path
+
+    report = Path(report)
+    lines = ["Results (models chosen on validation; test scores with 95% intervals):"]
+    for row in results_rows(report, report.name, parameters or {}):
+        time = f"; {row['time']}" if row["time"] else ""
+        lines.append(f"  {row['task']} ({row['dataset']}): {row['best model'].replace('`', '')}"
+                     f": {row['result']}{time}")
+    if len(lines) == 1:
+        lines.append("  no result tables in this run (notebooks 04, 05 and 07 write them)")
+    lines.append(f"Notebooks: {display_path(report)}/*.ipynb; figures: "
+                 f"{display_path(report / 'figures')}/")
+    return "\n".join(lines)
+
+
 def results_markdown(rows: list[dict], run_id: str, hardware: str,
                      dataset: str = "the dataset") -> str:
     """README's results block: the table, the run it comes from and its one figure."""
-    header = "| dataset | task | best model | result [95% CI] | time | from |"
+    header = ("| dataset | task | best model (chosen on validation) | result [95% CI] | time | "
+              "from |")
     lines = [START, "", header, "|---|---|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['task']} | {r['best model']} | {r['result']} | "
               f"{r['time']} | {r['source']} |" for r in rows]

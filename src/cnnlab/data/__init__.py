@@ -62,6 +62,7 @@ _EXPORTS = {
     "SAMPLE_CLASSES": "synthetic",
     "render_sample": "synthetic",
     "make_sample_dataset": "synthetic",
+    "make_sample_houses": "synthetic",
     "QUARANTINE": "validate",
     "Problem": "validate",
     "PROBLEMS": "validate",

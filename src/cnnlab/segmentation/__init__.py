@@ -22,6 +22,7 @@ _EXPORTS = {
     "DeepLabSegmenter": "deeplab",
     "class_fractions": "deeplab",
     "dominant_class": "deeplab",
+    "load_deeplab_models": "deeplab",
     "segmentation_confusion": "iou",
     "per_class_iou": "iou",
     "mean_iou": "iou",

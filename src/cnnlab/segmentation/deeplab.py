@@ -54,6 +54,7 @@ __all__ = [
     "class_fractions",
     "deeplab_model_path",
     "dominant_class",
+    "load_deeplab_models",
 ]
 
 DEEPLAB_DIR_ENV = "CNNLAB_DEEPLAB_DIR"
@@ -475,3 +476,37 @@ def dominant_class(mask: np.ndarray, ignore_background: bool = True) -> int:
     if ignore_background:
         counts[0] = 0
     return int(counts.argmax()) if counts.any() else 0
+
+
+def load_deeplab_models(names=None, num_threads: int | None = None
+                        ) -> dict[str, DeepLabSegmenter]:
+    """The pretrained DeepLab segmenters that can be had here, the others announced.
+
+    Each model is looked up as :func:`deeplab_model_path` does (``$CNNLAB_DEEPLAB_DIR``, else
+    Keras' download cache, else a download). A model whose download fails (offline) is left
+    out with a ``WARNING:`` line in capitals saying so and how to provide the file, so that a
+    run without network goes on with what it has instead of stopping; a wrong local file or
+    folder still raises.
+
+    Args:
+        names: Keys of :data:`DEEPLAB_MODELS` (None: all of them, in registry order).
+        num_threads: CPU threads per interpreter (None: LiteRT's choice).
+
+    Returns:
+        ``{name: DeepLabSegmenter}`` of the models that loaded, in the order asked.
+
+    Raises:
+        ValueError: An unknown name, or a file whose sha256 differs from the published one.
+        FileNotFoundError: ``$CNNLAB_DEEPLAB_DIR`` does not hold a file.
+    """
+    loaded = {}
+    for name in names or DEEPLAB_MODELS:
+        try:
+            loaded[name] = DeepLabSegmenter(name, num_threads=num_threads)
+        except RuntimeError as error:  # the download failed
+            spec = _get_spec(name)
+            print(f"WARNING: NO PRETRAINED DEEPLAB MODEL {name.upper()}: THE DOWNLOAD FAILED "
+                  f"({str(error).split(': ', 1)[-1][:200]}). ITS SECTIONS ARE SKIPPED. Put "
+                  f"{spec.filename} (from {spec.url}) in a folder and set "
+                  f"${DEEPLAB_DIR_ENV} to it.", flush=True)
+    return loaded
