@@ -5,8 +5,9 @@
 5 minutes on 2 CPU cores with every model well above chance (0.25 for 4 classes), so a
 newcomer's first run shows each stage working.
 
-This script runs exactly that command line (``cnnlab run --dataset sample --profile quick``,
-with ``--weights local`` when a weights folder is given, as the Makefile does) in a fresh
+This script runs exactly that command line (``cnnlab run --dataset sample --profile quick
+--weights auto``, with ``--weights-dir`` when a weights folder is given and the Houses dataset
+or the generated ``sample_houses`` for notebook 07, as the Makefile does) in a fresh
 temporary project folder holding only ``notebooks/`` and ``pyproject.toml``, so the sample is
 generated and every model trained from nothing, as on a fresh clone. It prints and records:
 
@@ -67,16 +68,17 @@ def run_make_run(repo: Path, weights_dir: Path | None) -> dict:
         shutil.copytree(repo / "notebooks", root / "notebooks",
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         shutil.copy2(repo / "pyproject.toml", root / "pyproject.toml")
-        command = [sys.executable, "-m", "cnnlab.cli", "run", "--dataset", "sample",
-                   "--profile", "quick", "--run-id", RUN_ID]
-        command += (["--weights", "local", "--weights-dir", str(weights_dir)] if weights_dir
-                    else ["--weights", "imagenet"])
         env = {k: v for k, v in os.environ.items() if k != "CNNLAB_ROOT"}
         for name, folder in (("CNNLAB_HOUSES_DIR", "houses"),  # as the Makefile exports them
                              ("CNNLAB_AIRBNB_DIR", "airbnb-madrid")):
             shared = repo.parent / "shared" / "datasets" / folder
             if not env.get(name) and shared.is_dir():
                 env[name] = str(shared)
+        mixed = "houses" if env.get("CNNLAB_HOUSES_DIR") else "sample_houses"
+        command = [sys.executable, "-m", "cnnlab.cli", "run", "--dataset", "sample",
+                   "--profile", "quick", "--run-id", RUN_ID, "--weights", "auto",
+                   "--mixed-dataset", mixed]
+        command += ["--weights-dir", str(weights_dir)] if weights_dir else []
         start = time.perf_counter()
         subprocess.run(command, cwd=root, env=env, check=True)
         total = time.perf_counter() - start
@@ -87,8 +89,9 @@ def run_make_run(repo: Path, weights_dir: Path | None) -> dict:
         metrics_file = report_dir / "07_metrics.csv"
         metrics = pd.read_csv(metrics_file) if metrics_file.is_file() else None
     return {
-        "command": "make run  (= cnnlab run --dataset sample --profile quick"
-                   + (" --weights local)" if weights_dir else " --weights imagenet)"),
+        "command": "make run  (= " + " ".join(command[3:]).replace(str(weights_dir or ""),
+                                                                   "WEIGHTS_DIR") + ")",
+        "mixed_dataset": mixed,
         "hardware": hardware()["description"],
         "goal_seconds": GOAL_SECONDS,
         "total_seconds": round(total, 1),
@@ -131,7 +134,8 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"{seg['model']}: validation mIoU {seg['val_miou']:.3f} over "
                       f"{seg['val_images']} images."]
     if report.get("regression"):
-        lines += ["", "Price regression on the Houses dataset (test MAPE, lower is better):", "",
+        lines += ["", f"Price regression on {report.get('mixed_dataset', 'houses')} (test MAPE, "
+                      f"lower is better):", "",
                   "| model | inputs | test MAPE % |", "|---|---|---|"]
         lines += [f"| `{r['model']}` | {r['inputs']} | {r['test_mape_percent']:.1f} |"
                   for r in report["regression"]]
