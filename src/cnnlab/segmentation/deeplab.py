@@ -505,8 +505,9 @@ def load_deeplab_models(names=None, num_threads: int | None = None
             loaded[name] = DeepLabSegmenter(name, num_threads=num_threads)
         except RuntimeError as error:  # the download failed
             spec = _get_spec(name)
+            reason = error.__cause__ or error  # the download's own error, not our advice
             print(f"WARNING: NO PRETRAINED DEEPLAB MODEL {name.upper()}: THE DOWNLOAD FAILED "
-                  f"({str(error).split(': ', 1)[-1][:200]}). ITS SECTIONS ARE SKIPPED. Put "
+                  f"({type(reason).__name__}: {reason}). ITS SECTIONS ARE SKIPPED. Put "
                   f"{spec.filename} (from {spec.url}) in a folder and set "
                   f"${DEEPLAB_DIR_ENV} to it.", flush=True)
     return loaded
