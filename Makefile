@@ -65,7 +65,7 @@ lint: install
 # JupyterLab on notebooks/, with this environment registered as the kernel "cnnlab".
 lab: install
 	$(BIN)/python -m ipykernel install --user --name cnnlab --display-name "Python (cnnlab)"
-	$(BIN)/jupyter lab notebooks/
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab notebooks/
 
 # Fails if a committed notebook holds TensorFlow log lines, ../ or machine paths, is over
 # 1 MiB, or comes from another run than the others.

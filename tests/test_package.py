@@ -78,3 +78,36 @@ def test_quiet_import_drops_the_start_up_lines_and_keeps_every_other_line(capfd)
     startup_logs._QuietLoader(_NoisyLoader()).exec_module(None)
     captured = capfd.readouterr()
     assert captured.err == "libfoo.so: cannot open shared object file\n"
+
+
+def _requirements(lines: list[str]) -> set[str]:
+    """Requirement lines, normalised (name, extras, specifiers, marker); comments skipped."""
+    lines = [line.split("#", 1)[0].strip() for line in lines]
+    lines = [line for line in lines if line]
+    try:
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+    except ImportError:  # packaging absent: compare the lines as written, spaces removed
+        return {line.replace(" ", "").lower() for line in lines}
+    normalised = set()
+    for line in lines:
+        requirement = Requirement(line)
+        extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+        marker = f"; {requirement.marker}" if requirement.marker else ""
+        normalised.add(f"{canonicalize_name(requirement.name)}{extras}"
+                       f"{requirement.specifier}{marker}")
+    return normalised
+
+
+def test_pyproject_declares_the_ranges_of_requirements_txt():
+    """``pip install .`` gets the runtime requirements; Colab installs requirements.txt."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    root = SRC.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    listed = (root / "requirements.txt").read_text().splitlines()
+    assert declared, "pyproject.toml declares no runtime dependency"
+    assert _requirements(declared) == _requirements(listed)
+    assert len(_requirements(declared)) == len(declared)  # no requirement listed twice

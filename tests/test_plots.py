@@ -1,3 +1,5 @@
+import warnings
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -7,6 +9,14 @@ from readable import assert_readable
 
 from cnnlab import plots
 from cnnlab.data.datasets import build_manifest
+
+
+@pytest.fixture(autouse=True)
+def _no_open_figures():
+    """Every test starts and ends with no pyplot figure open (they would pile up past 20)."""
+    plt.close("all")
+    yield
+    plt.close("all")
 
 
 def test_every_plot_returns_a_figure(sample_root, tmp_path):
@@ -148,3 +158,38 @@ def test_histories_against_wall_clock_seconds_mark_the_stage_boundary():
     assert old.get_xlabel() == "epoch"
     with pytest.raises(ValueError, match="wall clock"):
         plots.plot_histories({"a": transfer}, x="minutes")
+
+
+def test_save_figure_writes_the_png_and_closes_the_figure(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "More than 20 figures" RuntimeWarning
+        for i in range(21):
+            fig, ax = plt.subplots(figsize=(1, 1))
+            plots.save_figure(fig, tmp_path / "figures" / f"{i}.png", dpi=20)
+            assert not plt.fignum_exists(fig.number)
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 21
+    assert plt.get_fignums() == []
+
+
+def test_in_jupyter_a_saved_figure_is_shown_once(tmp_path):
+    """The notebooks' two patterns, in a real kernel with the inline backend: a saved figure
+    is shown once, as PNG, by the backend; a photo grid shown with ``display(jpeg_image(fig))``
+    once, as JPEG; no figure stays open."""
+    import nbclient
+    import nbformat
+
+    cells = [
+        "import matplotlib.pyplot as plt\nfrom cnnlab import plots",
+        f"fig, ax = plt.subplots()\nplots.save_figure(fig, {str(tmp_path / 'a.png')!r})",
+        f"fig, ax = plt.subplots()\nplots.save_figure(fig, {str(tmp_path / 'b.png')!r})\n"
+        "display(plots.jpeg_image(fig))",
+        "len(plt.get_fignums())",
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    images = [[mime for output in cell.outputs for mime in output.get("data", {})
+               if mime.startswith("image/")] for cell in notebook.cells]
+    assert images == [[], ["image/png"], ["image/jpeg"], []]
+    assert notebook.cells[3].outputs[0]["data"]["text/plain"] == "0"
+    assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()

@@ -88,6 +88,9 @@ def test_train_segmenter_reports_miou_per_epoch(pairs, tmp_path):
     assert history[["mIoU", "val_mIoU"]].stack().between(0, 1).all()
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     assert (run.run_folder / "args.yaml").is_file() and run.weights == "none (random init)"
+    # The run engine of classification writes the TensorBoard logs here too.
+    assert list((run.run_folder / "tensorboard" / "train" / "validation").glob(
+        "events.out.tfevents.*"))
     segmenter = run.segmenter()
     assert isinstance(segmenter, KerasSegmenter) and isinstance(segmenter, Segmenter)
     image = np.zeros((37, 50, 3), np.uint8)

@@ -42,6 +42,16 @@ def _weights(shared_dir):
     return shared_dir / "weights" / f"{BACKBONE}_imagenet_notop.weights.h5"
 
 
+def _tensorboard_steps(folder) -> dict[str, list[int]]:
+    """``{tag: steps}`` of the TensorBoard event files in ``folder`` (one writer)."""
+    steps: dict[str, list[int]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    return steps
+
+
 def test_train_custom_writes_run_folder_and_models(sample_root, project):
     manifest = build_manifest(sample_root, "sample")
     result = train_custom("retail_cnn", manifest, TINY, project)
@@ -56,6 +66,13 @@ def test_train_custom_writes_run_folder_and_models(sample_root, project):
     assert (run / "best.weights.h5").is_file() and (run / "last.weights.h5").is_file()
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
     assert not (run / "backup").exists()
+    # TensorBoard: a point per epoch for training and for validation, seconds included.
+    train_points = _tensorboard_steps(run / "tensorboard" / "train" / "train")
+    assert {"epoch_accuracy", "epoch_loss", "epoch_seconds"} <= set(train_points)
+    assert train_points["epoch_accuracy"] == [0, 1]
+    assert _tensorboard_steps(run / "tensorboard" / "train" / "validation")[
+        "epoch_accuracy"] == [0, 1]
+    assert not result.is_pretrained
     for file in ("model.keras", "model.h5", "meta.json"):
         assert (project.models / "sample-retail_cnn" / file).is_file()
     # A second run starts a new folder and keeps the old one, whole, beside it.
@@ -75,6 +92,10 @@ def test_train_transfer_runs_both_stages_on_cached_features(sample_root, project
     assert "imagenet (local file" in args["weights"] and args["pretrained"] is True
     assert json.loads(result.run.state.read_text())["completed"] == ["frozen", "fine_tune"]
     assert list((project.data / "sample" / "features").glob(f"{BACKBONE}-32px-*/train-*.npz"))
+    assert result.is_pretrained
+    logs = result.run.tensorboard  # one folder per stage, the epochs numbered across both
+    assert _tensorboard_steps(logs / "frozen" / "validation")["epoch_accuracy"] == [0]
+    assert _tensorboard_steps(logs / "fine_tune" / "validation")["epoch_accuracy"] == [1]
 
 
 def _fine_tune_on_sample(sample_root, project, shared_dir, recipe=None):
@@ -174,6 +195,7 @@ def test_random_init_backbone_is_trained_from_scratch(sample_root, project):
     manifest = build_manifest(sample_root, "sample")
     result = train_transfer("mobilenet_v3_small", manifest, TINY, "none", None, project)
     assert result.stage_boundary is None and result.weights == "none (random init)"
+    assert not result.is_pretrained
     assert len(result.history) == TINY.freeze_epochs + TINY.fine_tune_epochs
     assert find_backbone(result.model).trainable and not result.feature_cache
 
@@ -279,6 +301,9 @@ def test_run_callbacks_use_keras_backup_and_restore_as_is(tmp_path):
     backups = [c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)]
     assert [type(c) for c in backups] == [keras.callbacks.BackupAndRestore]  # no subclass
     assert isinstance(callbacks[callbacks.index(backups[0]) + 1], PublishBackup)
+    (board,) = [c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)]
+    assert board.log_dir == str(tmp_path / "x" / "tensorboard" / "train")
+    assert (board.histogram_freq, board.write_graph, board.update_freq) == (0, False, "epoch")
 
 
 CUSTOM_COMMAND = ["train", "retail_cnn", "--dataset", "sample", "--profile", "smoke",
@@ -299,6 +324,7 @@ def _rerun(command: list[str], project) -> str:
 
 def _assert_finished_cleanly(project, run, epochs: int, name: str, classes: int = 4) -> None:
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == list(range(epochs))
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))  # written on resume too
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
     assert not leftovers(project.checkpoints, project.models)
     assert load_model(_saved_model(project.models, name)).output_shape[-1] == classes

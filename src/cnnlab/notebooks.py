@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -277,6 +278,11 @@ def run_notebooks(
     for name in PATH_VARIABLES:  # relative paths would depend on the kernel's folder
         if os.environ.get(name):
             os.environ[name] = str(Path(os.environ[name]).expanduser().resolve())
+    # The environment's programs (tensorboard for notebook 03's %tensorboard) on the kernels'
+    # PATH, also when cnnlab was started by path (.venv/bin/cnnlab) without activating it.
+    programs = str(Path(sys.executable).parent)
+    if programs not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(filter(None, [programs, os.environ.get("PATH")]))
     params["run_id"] = run_id
     machine = hardware()
     selected = [n for n in NOTEBOOKS if not only or any(n.startswith(o) or n == o for o in only)]

@@ -1,7 +1,7 @@
 """Every figure of the project, each a function returning a ``matplotlib.figure.Figure``.
 
 Saving is the caller's choice (:func:`save_figure` writes atomically at modest dpi so that
-committed notebooks stay small).
+committed notebooks stay small, then closes the figure unless Jupyter is still to show it).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -31,9 +32,30 @@ _METRIC_WORDS = {"accuracy": "training accuracy", "loss": "training loss",
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = FIGURE_DPI) -> None:
-    """Saves ``fig`` as PNG (written to a temporary name, then renamed)."""
+    """Saves ``fig`` as PNG (written to a temporary name, then renamed), then closes it.
+
+    Closing stops pyplot from holding every figure saved: a script or test that saves many
+    would pass matplotlib's limit of 20 open figures (a ``RuntimeWarning``) and keep their
+    memory. In Jupyter (the inline backend, as on Colab and under papermill) the figure is
+    left open instead: the backend shows every open figure once when the cell ends, then
+    closes it, which is how a notebook cell shows the figure it saved. A photo grid shown
+    with ``display(jpeg_image(fig))`` after saving is closed by :func:`jpeg_image`, so it
+    appears once, as JPEG.
+
+    Args:
+        fig: The figure.
+        path: The ``.png`` file; its folder is created if missing.
+        dpi: Resolution of the PNG.
+    """
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    if not _shown_when_the_cell_ends():
+        plt.close(fig)
+
+
+def _shown_when_the_cell_ends() -> bool:
+    """Whether Jupyter's inline backend is active (it shows, then closes, open figures)."""
+    return "inline" in matplotlib.get_backend()
 
 
 def plot_class_counts(counts: pd.DataFrame, title: str = "Images per class") -> Figure:

@@ -1,5 +1,6 @@
-"""Callbacks of a training run: epoch timing, checkpoints written atomically, precise
-BatchNorm statistics, and resume through ``keras.callbacks.BackupAndRestore``.
+"""Callbacks of a training run: epoch timing, TensorBoard logs, checkpoints written
+atomically, precise BatchNorm statistics, and resume through
+``keras.callbacks.BackupAndRestore``.
 
 Resume, and what guarantees what (``backup/<stage>/`` of a run folder):
 
@@ -219,24 +220,39 @@ def _best_so_far(run: RunFolder, monitor: str = "val_accuracy") -> float:
 
 def run_callbacks(run: RunFolder, stage: str = "train", target: keras.Model | None = None,
                   monitor: str = "val_accuracy") -> list[keras.callbacks.Callback]:
-    """Epoch timer, history CSV, best/last checkpoints, Keras' backup and its publication.
+    """Epoch timer, history CSV, TensorBoard logs, best/last checkpoints, Keras' backup and
+    its publication.
 
-    Order matters: the timer adds ``seconds`` before CSVLogger writes the row; the checkpoints
-    come before the backup, so a published snapshot always has its row and checkpoints; and
-    :class:`PublishBackup` follows ``keras.callbacks.BackupAndRestore``, whose files it
-    publishes. A kill between the row and the snapshot repeats (and trims) that row on resume.
+    Order matters: the timer adds ``seconds`` before CSVLogger writes the row and
+    ``keras.callbacks.TensorBoard`` its point (``tensorboard/<stage>/train/`` and
+    ``validation/``, one per epoch); the checkpoints come before the backup, so a published
+    snapshot always has its row and checkpoints; and :class:`PublishBackup` follows
+    ``keras.callbacks.BackupAndRestore``, whose files it publishes. A kill between the row and
+    the snapshot repeats (and trims) that row on resume. TensorBoard's event files are a
+    view, not the record: its writer flushes every two minutes and when the stage ends, so
+    after a kill the newest points can be missing or, for an epoch that runs again, appear
+    twice (a resumed stage adds an event file to the same folder); ``history.csv`` is exact.
 
     Args:
         run: The run folder.
-        stage: Name of the stage; its backup is ``backup/<stage>/``.
+        stage: Name of the stage; its backup is ``backup/<stage>/``, its TensorBoard logs
+            ``tensorboard/<stage>/``.
         target: Model the checkpoints save (default: the fitted model).
         monitor: Metric of the best checkpoint, higher is better (``val_mIoU`` for
             segmentation).
+
+    Returns:
+        The callbacks, in the order Keras must call them.
     """
     folder = run.backup / stage
     return [
         EpochTimer(),
         keras.callbacks.CSVLogger(str(run.history), append=True),
+        # Cheap: one point per epoch, no weight histograms, graph or profiler.
+        keras.callbacks.TensorBoard(log_dir=str(run.tensorboard / stage), histogram_freq=0,
+                                    write_graph=False, write_images=False,
+                                    write_steps_per_second=False, update_freq="epoch",
+                                    profile_batch=0),
         RunCheckpoint(run, target, _best_so_far(run, monitor), monitor),
         keras.callbacks.BackupAndRestore(str(folder / BACKUP_WORKING)),
         PublishBackup(folder),

@@ -243,7 +243,11 @@ class TrainingData:
         return balanced_class_weights(self.train_rows["label_index"].to_numpy())
 
     def fingerprints(self) -> dict[str, str]:
-        """Short hashes of the train and val rows (recorded in ``args.yaml``)."""
+        """Short hashes of the train and val rows: files, labels and contents (``args.yaml``).
+
+        Returns:
+            ``{"train": ..., "val": ...}``, each :func:`~cnnlab.training.split_fingerprint`.
+        """
         from cnnlab.training.cached_features import split_fingerprint
 
         return {"train": split_fingerprint(self.train_rows),
@@ -276,6 +280,15 @@ class TrainingResult:
     weights: str = ""
     stage_boundary: int | None = None
     feature_cache: bool = False
+
+    @property
+    def is_pretrained(self) -> bool:
+        """Whether the model started from pretrained weights (``pretrained`` in ``args.yaml``).
+
+        Custom CNNs, and backbones trained from random init, are not; their ``weights`` is
+        shown in capitals wherever results are printed.
+        """
+        return bool(self.run.read_args().get("pretrained", False))
 
     def summary(self) -> dict:
         """Best validation accuracy and the facts a comparison table needs."""

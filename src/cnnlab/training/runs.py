@@ -9,6 +9,8 @@ Every training run writes ``checkpoints/<run>/``:
   the epoch's wall-clock ``seconds``; plots read it;
 - ``best.weights.h5`` (best validation accuracy) and ``last.weights.h5``, written to a
   temporary name and renamed;
+- ``tensorboard/<stage>/``: TensorBoard event files of every stage (``train/`` and
+  ``validation/``, one point per epoch; ``tensorboard --logdir checkpoints/`` shows them);
 - ``state.json`` (running / finished, completed stages) and ``backup/<stage>/``
   (``keras.callbacks.BackupAndRestore``, published per epoch as a complete snapshot by
   :mod:`cnnlab.training.callbacks`): a run killed at any point, SIGKILL included, continues
@@ -77,6 +79,11 @@ class RunFolder:
     def frozen(self) -> Path:
         """Weights at the end of stage 1 of :func:`fine_tune` (what stage 2 starts from)."""
         return self.path / "frozen.weights.h5"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard logs, one folder per stage (``tensorboard/<stage>/``)."""
+        return self.path / "tensorboard"
 
     @property
     def backup(self) -> Path:
