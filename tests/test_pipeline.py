@@ -340,7 +340,7 @@ def test_make_run_completes_offline_without_shared_and_says_what_it_fell_back_to
     result = subprocess.run(
         ["make", "-o", str(venv / ".installed"), "run", f"VENV={venv}",
          "ARGS=--run-id newcomer"], cwd=root, env=env, capture_output=True, text=True,
-        timeout=1500)
+        timeout=3600)
     console = result.stdout + result.stderr
     assert result.returncode == 0, console[-3000:]
     assert "--weights auto" in console and "--mixed-dataset sample_houses" in console
