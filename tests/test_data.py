@@ -1,9 +1,11 @@
+import os
+
 import numpy as np
 import pytest
 from conftest import write_image
 from PIL import Image
 
-from cnnlab.data.pipeline import augmentation_layers, load_image, make_dataset
+from cnnlab.data.pipeline import augmentation_layers, cache_key, load_image, make_dataset
 
 
 def test_pipeline_decodes_every_mode_to_rgb_uint8(tmp_path):
@@ -79,11 +81,17 @@ def test_disk_cache_is_keyed_by_files_and_size(tmp_path):
                                                        cache_dir=cache_dir)])
     written = sorted(p.name for p in cache_dir.iterdir())
     assert written and all(name.startswith("16px-") for name in written)
-    for path in files:  # the cached epoch no longer reads the files
-        path.unlink()
+    stats = [path.stat() for path in files]
+    for path, stat in zip(files, stats):  # the cached epoch no longer reads the files: their
+        path.write_bytes(b"\0" * stat.st_size)  # bytes zeroed, size and mtime kept, it still
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # gives the cached pixels
     again = np.concatenate([x for x, _ in make_dataset(files, [0, 1, 2], 16, cache="disk",
                                                        cache_dir=cache_dir)])
     np.testing.assert_array_equal(first, again)
+    # A file rewritten under the same name (another mtime) is another cache.
+    assert any(name.startswith(cache_key(files, 16)) for name in written)
+    os.utime(files[0], ns=(stats[0].st_atime_ns, stats[0].st_mtime_ns + 10**9))
+    assert not any(name.startswith(cache_key(files, 16)) for name in written)
     with pytest.raises(ValueError, match="cache_dir"):
         make_dataset(files, [0, 1, 2], 16, cache="disk")
 
