@@ -232,6 +232,7 @@ def test_cli_trains_one_mixed_model_beside_the_baselines(airbnb_dir, project, ca
     assert all(name in table for name in ("mlp", "gbm", "median"))
     assert (project.models / "airbnb-mlp" / "model.h5").is_file()
     assert (project.checkpoints / "airbnb-mlp" / "history.csv").is_file()
+    assert list((project.checkpoints / "airbnb-mlp" / "tensorboard").rglob("events.out.tfevents.*"))
     assert main(["mixed", "cnn", "--dataset", "airbnb", "--data-dir", str(airbnb_dir),
                  "--profile", "smoke"]) == 0  # no photos: said, not a crash
     assert "skipped cnn: dataset airbnb has no photos" in capsys.readouterr().out

@@ -43,7 +43,7 @@ from cnnlab.tabular.preprocessing import (
     find_target_copies,
     fit_preprocessor,
 )
-from cnnlab.training.callbacks import EpochTimer
+from cnnlab.training.callbacks import EpochTimer, tensorboard_logs
 from cnnlab.training.runs import RunFolder
 
 __all__ = ["BASELINES", "MixedRun", "train_mixed", "fit_regressor", "ROUND_TRIP_TOLERANCE"]
@@ -142,7 +142,8 @@ def fit_regressor(model: keras.Model, train: tuple[dict, np.ndarray],
         model: Uncompiled regression model ``inputs -> (batch, 1)``.
         train: ``(inputs, y)``, ``y`` ``(n,)`` float32 standardised log price.
         val: The same for validation.
-        run: Run folder (``history.csv`` written there, one row per epoch).
+        run: Run folder (``history.csv`` written there, one row per epoch, and TensorBoard
+            logs under ``tensorboard/train/``).
         epochs: Maximum epochs.
         learning_rate: Adam rate.
         batch_size: Rows per step.
@@ -162,6 +163,7 @@ def fit_regressor(model: keras.Model, train: tuple[dict, np.ndarray],
         model.fit(train[0], train[1], validation_data=val, epochs=epochs, batch_size=batch_size,
                   shuffle=True, verbose=0, callbacks=[
                       EpochTimer(), keras.callbacks.CSVLogger(str(tmp)),
+                      tensorboard_logs(run),
                       keras.callbacks.EarlyStopping(patience=patience,
                                                     restore_best_weights=True)])
     return pd.read_csv(run.history)

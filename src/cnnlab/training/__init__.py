@@ -28,6 +28,7 @@ _EXPORTS = {
     "PublishBackup": "callbacks",
     "restore_backup": "callbacks",
     "run_callbacks": "callbacks",
+    "tensorboard_logs": "callbacks",
     "CPU_DEVICES_ENV": "distribute",
     "split_cpu": "distribute",
     "tpu_resolver": "distribute",

@@ -218,6 +218,17 @@ def _best_so_far(run: RunFolder, monitor: str = "val_accuracy") -> float:
     return float(history[monitor].max()) if monitor in history and len(history) else -math.inf
 
 
+def tensorboard_logs(run: RunFolder, stage: str = "train") -> keras.callbacks.TensorBoard:
+    """``keras.callbacks.TensorBoard`` writing ``run``'s ``tensorboard/<stage>/``.
+
+    Cheap: one point per epoch, no weight histograms, graph, images or profiler.
+    """
+    return keras.callbacks.TensorBoard(log_dir=str(run.tensorboard / stage), histogram_freq=0,
+                                       write_graph=False, write_images=False,
+                                       write_steps_per_second=False, update_freq="epoch",
+                                       profile_batch=0)
+
+
 def run_callbacks(run: RunFolder, stage: str = "train", target: keras.Model | None = None,
                   monitor: str = "val_accuracy") -> list[keras.callbacks.Callback]:
     """Epoch timer, history CSV, TensorBoard logs, best/last checkpoints, Keras' backup and
@@ -248,11 +259,7 @@ def run_callbacks(run: RunFolder, stage: str = "train", target: keras.Model | No
     return [
         EpochTimer(),
         keras.callbacks.CSVLogger(str(run.history), append=True),
-        # Cheap: one point per epoch, no weight histograms, graph or profiler.
-        keras.callbacks.TensorBoard(log_dir=str(run.tensorboard / stage), histogram_freq=0,
-                                    write_graph=False, write_images=False,
-                                    write_steps_per_second=False, update_freq="epoch",
-                                    profile_batch=0),
+        tensorboard_logs(run, stage),
         RunCheckpoint(run, target, _best_so_far(run, monitor), monitor),
         keras.callbacks.BackupAndRestore(str(folder / BACKUP_WORKING)),
         PublishBackup(folder),
