@@ -21,6 +21,15 @@ def shared_path() -> Path:
     return Path(os.environ.get("CNNLAB_SHARED_DIR") or REPO.parent / "shared")
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Closes the figures a test made: plot functions return theirs open, for the caller."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The real assets folder (../shared or $CNNLAB_SHARED_DIR); skip, or fail in CI."""
