@@ -4,8 +4,11 @@ Each variant is a set of ``recipes.FineTuneRecipe`` fields changed from ``"defau
 from ``"base"``, another registry key). Every run uses the same seed, the same split, the
 same stage 1 (20 head epochs on cached features, at Adam 1e-3) and the same number of stage-2
 epochs, so the variants differ only in what they change. Prints one ``RESULT`` line per
-variant (validation accuracy per stage-2 epoch, test accuracy with its 95% Wilson interval,
-seconds) and merges them into ``docs/benchmarks/recipe_search.json``.
+variant (validation accuracy per stage-2 epoch, its best, seconds): the search reads the
+validation split only. The variant with the best validation accuracy is then chosen, and only
+its model is scored on the test split (accuracy with its 95% Wilson interval, a ``CHOSEN``
+line), so the reported test score was not used to choose. Both go into
+``docs/benchmarks/recipe_search.json`` (``runs`` and ``chosen``).
 
 Usage:
   python benchmarks/recipe_search.py --dataset cards --epochs 6 \\
@@ -54,7 +57,9 @@ def main() -> None:
                                **DATASET_OPTIONS[args.dataset])
     data = TrainingData(manifest, args.image_size, 32, get_dataset_spec(args.dataset).hflip, 42)
     report = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
-    for changes in json.loads(args.variants):
+    report.setdefault("chosen", [])
+    best, variants = None, json.loads(args.variants)
+    for changes in variants:
         base = changes.pop("base", "default")
         recipe = get_recipe(base).replace(**changes)
         keras.utils.set_random_seed(42)
@@ -63,16 +68,27 @@ def main() -> None:
                            weights="local", weights_dir=args.shared_dir / "weights", dirs=dirs,
                            save=False, resume=False, verbose=0)
         seconds = time.perf_counter() - start
-        test = score_test_split(result.model, manifest, args.image_size)
         val = [round(v, 3) for v in result.history["val_accuracy"].tolist()[args.freeze_epochs:]]
         row = {"dataset": args.dataset, "backbone": args.backbone,
                "image_size": args.image_size, "base": base, "changes": changes,
                "freeze_epochs": args.freeze_epochs, "epochs": args.epochs,
-               "stage2_val_accuracy": val, "test_accuracy": test["test_accuracy"],
-               "test_interval": test["test_interval"], "seconds": round(seconds),
-               "measured": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg()[0]}
+               "stage2_val_accuracy": val, "best_val_accuracy": max(val),
+               "seconds": round(seconds), "measured": time.strftime("%Y-%m-%d"),
+               "load_average": os.getloadavg()[0]}
         print("RESULT", json.dumps(row), flush=True)
         report["runs"].append(row)
+        write_json(args.out, report)
+        if best is None or max(val) > best[0]["best_val_accuracy"]:
+            best = (row, result.model)  # the best checkpoint, restored by fine_tune
+    if best is not None:
+        row, model = best
+        test = score_test_split(model, manifest, args.image_size)
+        chosen = {**{k: row[k] for k in ("dataset", "backbone", "image_size", "base",
+                                         "changes", "best_val_accuracy", "measured")},
+                  "test_accuracy": test["test_accuracy"], "test_interval": test["test_interval"],
+                  "test_images": test["test_images"], "of_variants": len(variants)}
+        print("CHOSEN", json.dumps(chosen), flush=True)
+        report["chosen"].append(chosen)
         write_json(args.out, report)
 
 
