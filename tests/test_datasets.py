@@ -255,3 +255,23 @@ def test_the_cli_names_the_registered_datasets_for_an_unknown_one(project, capsy
     err = capsys.readouterr().err
     assert err.startswith("cnnlab manifest: unknown dataset 'crads'; did you mean 'cards'?")
     assert "--data-dir" in err
+
+
+def test_weather_stand_in_validates_and_trains_from_the_shared_copy(shared_dir, project, capsys):
+    from cnnlab import cli
+
+    folder = shared_dir / "datasets" / "weather-mwd"
+    spec = datasets.DATASETS["weather-mwd"]
+    assert "doi:10.17632/4drtyfjtfy.1" in spec.source and "Ajayi" in spec.source
+    assert cli.main(["validate", str(folder)]) == 1  # 1: files would be left out
+    report = capsys.readouterr().out
+    assert "GIF is not decoded by TensorFlow" in report and "mode RGBA" in report
+    assert "25 file(s) would be left out" in report  # the 25 exact duplicates
+    assert cli.main(["train", "retail_cnn", "--dataset", "weather-mwd", "--data-dir",
+                     str(folder), "--profile", "smoke", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    manifest = datasets.load_manifest("weather-mwd", project)
+    assert manifest.classes == ["cloudy", "rain", "shine", "sunrise"]
+    assert len(manifest.frame) == 1121 - 25 and len(manifest.excluded) == 25
+    saved = [path.name for path in project.models.iterdir()]
+    assert any(name.startswith("weather-mwd-retail_cnn") for name in saved), (saved, out)

@@ -366,3 +366,60 @@ def test_make_run_completes_offline_without_shared_and_says_what_it_fell_back_to
     from cnnlab.notebooks import check_notebooks
 
     assert check_notebooks(sorted(report.glob("*.ipynb"))) == []
+
+
+def test_check_notebooks_finds_stale_names_long_logs_process_words_and_epoch_halves(tmp_path):
+    import nbformat
+
+    from cnnlab.notebooks import MAX_STREAM_LINES, check_notebooks, resolves
+
+    assert resolves("training.fine_tune") and resolves("cnnlab.segmentation.VOC_CLASS_MAPS")
+    assert resolves("keras.applications") and resolves("tf.data") and resolves("args.yaml")
+    assert not resolves("segment.VOC_CLASS_MAPS") and not resolves("training.no_such_name")
+    path = _executed(tmp_path / "03_x.ipynb", "run-1",
+                     ["Epoch 1/9\n" * (MAX_STREAM_LINES + 1), "vgg16: SHORT RUN of cpu\n"])
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells.append(nbformat.v4.new_markdown_cell(
+        "Fitted by `train.fine_tune`, shown by `plots.plot_history`; Honest numbers."))
+    figure = nbformat.v4.new_code_cell("fig", execution_count=3)
+    figure.outputs = [nbformat.v4.new_output(
+        "display_data", data={"image/png": "iVBORw0KGgo="},
+        metadata={"image/png": {"cnnlab": {"epoch_ticks": [1.0, 1.5, 2.0]}}})]
+    notebook.cells.append(figure)
+    nbformat.write(notebook, path)
+    text = "\n".join(check_notebooks([path]))
+    assert f"cell 2 prints {MAX_STREAM_LINES + 2} lines" in text
+    assert "cell 2 says 'SHORT RUN'" in text
+    assert "a markdown cell says 'Honest numbers'" in text
+    assert "names `train.fine_tune`, which does not exist" in text
+    assert "plot_history" not in text  # it resolves
+    assert "a figure of cell 3 has epoch ticks [1.0, 1.5, 2.0]" in text
+    assert check_notebooks([path], ["size"]) == []
+
+
+def test_epoch_axes_have_whole_ticks_and_notebook_outputs_carry_them():
+    import types
+
+    from IPython.core.formatters import PNGFormatter
+    from matplotlib.figure import Figure
+
+    from cnnlab import plots
+
+    history = pd.DataFrame({"epoch": [0, 1, 2], "accuracy": [0.3, 0.5, 0.6],
+                            "loss": [1.2, 0.9, 0.8], "val_accuracy": [0.35, 0.5, 0.55],
+                            "val_loss": [1.1, 0.95, 0.9], "seconds": [1.0, 1.0, 1.0]})
+    fig = plots.plot_history(history, chance=0.25)
+    ticks = plots.epoch_ticks(fig)
+    assert ticks and all(t == int(t) for t in ticks)
+    assert "chance (0.25)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    by_epoch = plots.plot_histories({"a": history}, x="epoch", chance=0.25)
+    assert all(t == int(t) for t in plots.epoch_ticks(by_epoch))
+    formatter = PNGFormatter()
+    formatter.for_type(Figure, lambda figure: "png-bytes")
+    shell = types.SimpleNamespace(display_formatter=types.SimpleNamespace(
+        formatters={"image/png": formatter}))
+    assert plots.show_figure_facts(shell) and plots.show_figure_facts(shell)  # once
+    data, metadata = formatter(fig)
+    assert data == "png-bytes" and metadata == {"cnnlab": {"epoch_ticks": ticks}}
+    assert not plots.show_figure_facts(types.SimpleNamespace(display_formatter=types.SimpleNamespace(
+        formatters={"image/png": PNGFormatter()})))  # no figure formatter: nothing to wrap

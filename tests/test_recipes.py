@@ -183,3 +183,55 @@ def test_a_twin_has_its_pretrained_twins_images_size_and_epoch_budget():
     with pytest.raises(ValueError, match="different budgets"):
         twin_comparison({"m": result("m", 160, 26, 0.85),
                          "m_scratch": result("m_scratch", 96, 3, 0.1)})
+
+
+def test_each_family_has_a_from_scratch_recipe_and_vgg16_trains_slower_and_clipped():
+    from cnnlab.models.backbones import BACKBONES
+    from cnnlab.training.fine_tuning import _family
+    from cnnlab.training.recipes import SCRATCH_RECIPES, get_scratch_recipe
+
+    for name in BACKBONES:
+        assert get_scratch_recipe(_family(name)).name in SCRATCH_RECIPES
+    vgg, default = get_scratch_recipe(_family("vgg16")), get_scratch_recipe(None)
+    assert vgg.name == "vgg16" and default.name == "default"
+    assert _family("my_model") == "default"  # a given model outside the registry
+    assert vgg.lr_scale < default.lr_scale and vgg.clipnorm
+    optimizer = vgg.make_optimizer(1e-4, 100)
+    assert optimizer.clipnorm == vgg.clipnorm
+    schedule = optimizer._learning_rate
+    rates = [float(keras.ops.convert_to_numpy(schedule(s))) for s in (0, 20, 99)]
+    assert rates[0] < rates[1] and rates[2] < rates[1]  # warm-up, then decay
+    assert rates[1] == pytest.approx(1e-4)  # the peak after 20% of 100 steps
+    assert "clipped at norm 1" in vgg.describe(1e-4)
+
+
+def test_a_backbone_from_scratch_trains_with_its_family_recipe(sample_root, project):
+    from cnnlab.data.datasets import build_manifest
+    from cnnlab.training.fine_tuning import fine_tune
+    from cnnlab.training.fitting import TrainingData
+
+    data = TrainingData(build_manifest(sample_root, "sample"), 32, 16, True, 0)
+    result = fine_tune("vgg16", data, 0, 0, weights="none", dirs=project, scratch_epochs=1,
+                       save=False, resume=False, verbose=0)
+    args = result.run.read_args()
+    assert args["recipe"]["name"] == "vgg16" and args["recipe"]["clipnorm"] == 1.0
+    assert args["scratch_epochs"] == 1 and not args["pretrained"]
+    assert np.isfinite(result.history["loss"]).all()
+
+
+def test_the_cpu_profile_leaves_families_out_with_the_reason(capsys, monkeypatch):
+    from cnnlab.config import PROFILES, get_profile
+    from cnnlab.training import fine_tuning
+
+    cpu = PROFILES["cpu"]
+    assert set(cpu.left_out) == {"inception_v3", "vgg16", "efficientnet_b0", "densenet121"}
+    assert not set(cpu.left_out) & set(cpu.backbones)
+    trained = []
+    monkeypatch.setattr(fine_tuning, "train_transfer",
+                        lambda backbone, *args, name, **kwargs: trained.append(name))
+    fine_tuning.train_backbones(None, get_profile("cpu"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("inception_v3, vgg16, efficientnet_b0, densenet121: not trained "
+                               "in the cpu profile: no ImageNet weights file offline")
+    assert trained == ["mobilenet_v3_small_075", "mobilenet_v2", "mobilenet_v3_small_075_scratch"]
+    assert "mobilenet_v2: the cpu profile's settings for it: image_size=160" in lines[1]

@@ -13,6 +13,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -39,7 +40,7 @@ PATH_VARIABLES = ("CNNLAB_DEEPLAB_DIR", "CNNLAB_WEIGHTS_DIR", "CNNLAB_ROOT",
 # (what it starts from, or its result), so the console reads as a progress log, and every
 # announcement in capitals (``WARNING: ...``, e.g. weights that could not be downloaded).
 PROGRESS_LINES = re.compile(r"^(training \S+: |\S+: weights = |\S+: \d+ epochs in |"
-                            r"\S+: SHORT RUN |Best test |WARNING: )")
+                            r"[\w, ]+: not trained in |Best test |WARNING: )")
 
 
 class ProgressLines(logging.Filter):
@@ -114,43 +115,173 @@ FORBIDDEN_OUTPUT = ("absl::InitializeLog", "oneDNN", "cuda drivers", "../", "/ho
 MAX_NOTEBOOK_BYTES = 1024 * 1024
 
 
-def check_notebooks(paths) -> list[str]:
-    """Problems that keep executed notebooks from being committed; empty when there are none.
+# Words about how the project was made rather than what it shows (issue-tracker language).
+PROCESS_WORDS = ("SHORT RUN", "Honest numbers", "JPEG keeps the notebook small",
+                 "do not edit by hand")
+# Lines of stream output one cell may show: a compact progress table fits; full per-epoch
+# Keras logs (``verbose``) do not.
+MAX_STREAM_LINES = 60
+# First names of dotted code names in markdown that refer to other libraries, and the module
+# each stands for; any other dotted name is looked up in cnnlab (``training.fine_tune`` is
+# ``cnnlab.training.fine_tune``).
+LIBRARY_NAMES = {"keras": "keras", "tf": "tensorflow", "tensorflow": "tensorflow",
+                 "np": "numpy", "numpy": "numpy", "pd": "pandas", "pandas": "pandas",
+                 "sklearn": "sklearn", "plt": "matplotlib.pyplot", "matplotlib": "matplotlib",
+                 "sns": "seaborn", "papermill": "papermill", "kagglehub": "kagglehub"}
+# A dotted name ending in one of these is a file name (``history.csv``), not code.
+FILE_SUFFIXES = {"csv", "yaml", "yml", "json", "h5", "keras", "png", "jpg", "jpeg", "md",
+                 "ipynb", "txt", "py", "tflite", "toml", "npz", "zip", "gz"}
+_CODE_NAME = re.compile(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(\))?`")
 
-    Checks, for each notebook: outputs and injected parameters free of
-    :data:`FORBIDDEN_OUTPUT` (TensorFlow start-up lines, ``../`` and machine paths), the file
-    under 1 MiB; and across them, one papermill run id (one coherent run).
 
-    Args:
-        paths: Executed ``.ipynb`` files (e.g. ``notebooks/*.ipynb``).
+def resolves(name: str) -> bool:
+    """Whether a dotted name from notebook markdown (``training.fine_tune``,
+    ``keras.applications``, ``cnnlab.data.load_image``) names something that exists.
 
-    Returns:
-        One line per problem, naming the notebook and what was found.
+    A first name in :data:`LIBRARY_NAMES` is looked up in that library; any other in
+    ``cnnlab`` (with or without the ``cnnlab.`` prefix). File names (``args.yaml``) resolve.
     """
-    import nbformat
+    import importlib
 
-    problems, run_ids = [], {}
-    for path in map(Path, paths):
-        size = path.stat().st_size
-        if size > MAX_NOTEBOOK_BYTES:
-            problems.append(f"{path.name}: {size / 1048576:.2f} MiB, over 1 MiB (store photo "
-                            f"grids as JPEG, plots.jpeg_image)")
-        notebook = nbformat.read(path, as_version=4)
-        meta = notebook.metadata.get("papermill", {})
-        run_ids[path.name] = meta.get("parameters", {}).get("run_id")
+    parts = name.split(".")
+    if parts[-1].lower() in FILE_SUFFIXES:
+        return True
+    if parts[0] in LIBRARY_NAMES:
+        parts = LIBRARY_NAMES[parts[0]].split(".") + parts[1:]
+    elif parts[0] != "cnnlab":
+        parts = ["cnnlab", *parts]
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(found, attribute):
+                return False
+            found = getattr(found, attribute)
+        return True
+    return False
+
+
+def _forbidden_output(path, notebook) -> list[str]:
+    problems = []
+    for cell in notebook.cells:
         texts = []
-        for cell in notebook.cells:
-            if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
-                texts.append(("injected parameters", cell.source))
-            for output in cell.get("outputs", []):
-                text = output.get("text") or output.get("data", {}).get("text/plain", "")
-                texts.append((f"output of cell {cell.get('execution_count')}", str(text)))
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            texts.append(("injected parameters", cell.source))
+        for output in cell.get("outputs", []):
+            text = output.get("text") or output.get("data", {}).get("text/plain", "")
+            texts.append((f"output of cell {cell.get('execution_count')}", str(text)))
         for where, text in texts:
             for needle in FORBIDDEN_OUTPUT:
                 if needle in text:
                     line = next(x for x in text.splitlines() if needle in x)
                     problems.append(f"{path.name}: {where} contains {needle!r}: "
                                     f"{line.strip()[:120]}")
+    return problems
+
+
+def _size(path, notebook) -> list[str]:
+    size = path.stat().st_size
+    if size > MAX_NOTEBOOK_BYTES:
+        return [f"{path.name}: {size / 1048576:.2f} MiB, over 1 MiB (store photo grids as JPEG, "
+                f"plots.jpeg_image)"]
+    return []
+
+
+def _markdown_names(path, notebook) -> list[str]:
+    problems = []
+    for number, cell in enumerate(notebook.cells):
+        if cell.cell_type != "markdown":
+            continue
+        for name in dict.fromkeys(_CODE_NAME.findall(cell.source)):
+            if not resolves(name):
+                problems.append(f"{path.name}: markdown cell {number} names `{name}`, which does "
+                                f"not exist (rename it to the current module or function)")
+    return problems
+
+
+def _stream_lines(path, notebook) -> list[str]:
+    problems = []
+    for cell in notebook.cells:
+        lines = sum(len(output.get("text", "").splitlines())
+                    for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+        if lines > MAX_STREAM_LINES:
+            problems.append(f"{path.name}: cell {cell.get('execution_count')} prints {lines} "
+                            f"lines (over {MAX_STREAM_LINES}): show a progress table, full logs "
+                            f"only with verbose")
+    return problems
+
+
+def _process_words(path, notebook) -> list[str]:
+    problems = []
+    for cell in notebook.cells:
+        text = "\n".join([cell.source] + [
+            str(output.get("text") or output.get("data", {}).get("text/plain", ""))
+            for output in cell.get("outputs", [])]).lower()
+        for words in PROCESS_WORDS:
+            if words.lower() in text:
+                where = (f"cell {cell.execution_count}" if cell.cell_type == "code"
+                         else "a markdown cell")
+                problems.append(f"{path.name}: {where} says {words!r}: say what the reader "
+                                f"sees instead")
+    return problems
+
+
+def _epoch_ticks(path, notebook) -> list[str]:
+    problems = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            facts = output.get("metadata", {}).get("image/png", {}).get("cnnlab", {})
+            ticks = facts.get("epoch_ticks", [])
+            if any(float(t) != int(t) for t in ticks):
+                problems.append(f"{path.name}: a figure of cell {cell.get('execution_count')} "
+                                f"has epoch ticks {ticks}: epochs are whole numbers "
+                                f"(matplotlib.ticker.MaxNLocator(integer=True))")
+    return problems
+
+
+# Each check reads one notebook and returns its problems; ``check_notebooks`` runs them all.
+NOTEBOOK_CHECKS = {
+    "forbidden_output": _forbidden_output,
+    "size": _size,
+    "markdown_names": _markdown_names,
+    "stream_lines": _stream_lines,
+    "process_words": _process_words,
+    "epoch_ticks": _epoch_ticks,
+}
+
+
+def check_notebooks(paths, checks: Iterable[str] | None = None) -> list[str]:
+    """Problems that keep executed notebooks from being committed; empty when there are none.
+
+    Checks (:data:`NOTEBOOK_CHECKS`), for each notebook: outputs and injected parameters free
+    of :data:`FORBIDDEN_OUTPUT` (TensorFlow start-up lines, ``../`` and machine paths); the
+    file under 1 MiB; every dotted code name in markdown resolving (:func:`resolves`); no cell
+    printing more than :data:`MAX_STREAM_LINES` lines; none of :data:`PROCESS_WORDS`; whole
+    numbers on every epoch axis (the figure facts of ``plots.show_figure_facts``). Across
+    them: one papermill run id (one coherent run).
+
+    Args:
+        paths: Executed ``.ipynb`` files (e.g. ``notebooks/*.ipynb``).
+        checks: Names of :data:`NOTEBOOK_CHECKS` to run (default: all).
+
+    Returns:
+        One line per problem, naming the notebook and what was found.
+
+    Raises:
+        KeyError: If a check name is unknown.
+    """
+    import nbformat
+
+    chosen = [NOTEBOOK_CHECKS[name] for name in (checks or NOTEBOOK_CHECKS)]
+    problems, run_ids = [], {}
+    for path in map(Path, paths):
+        notebook = nbformat.read(path, as_version=4)
+        meta = notebook.metadata.get("papermill", {})
+        run_ids[path.name] = meta.get("parameters", {}).get("run_id")
+        for check in chosen:
+            problems += check(path, notebook)
     if len(set(run_ids.values())) > 1:
         listed = ", ".join(f"{name}: {rid}" for name, rid in sorted(run_ids.items()))
         problems.append(f"the notebooks come from different runs ({listed}); commit one "

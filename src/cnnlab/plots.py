@@ -18,6 +18,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from cnnlab.data.images import load_image
 from cnnlab.files import atomic_path
@@ -56,6 +57,55 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = FIGURE_DPI) -> 
 def _shown_when_the_cell_ends() -> bool:
     """Whether Jupyter's inline backend is active (it shows, then closes, open figures)."""
     return "inline" in matplotlib.get_backend()
+
+
+def epoch_ticks(fig: Figure) -> list[float]:
+    """The x tick values inside the view of every axes of ``fig`` whose x label starts with
+    ``epoch``: all whole numbers when the figure reads well (no epoch 1.5)."""
+    values = []
+    for ax in fig.axes:
+        if ax.get_xlabel().lower().startswith("epoch"):
+            low, high = sorted(ax.get_xlim())
+            values += [float(t) for t in ax.get_xticks() if low <= t <= high]
+    return values
+
+
+def show_figure_facts(shell=None) -> bool:
+    """Adds each figure's facts to its notebook output, for ``scripts/check_notebooks.py``.
+
+    Wraps the PNG formatter of IPython's inline backend, so that every figure a notebook shows
+    carries ``{"cnnlab": {"epoch_ticks": [...]}}`` (:func:`epoch_ticks`) in the output's
+    ``image/png`` metadata (IPython formatters may return ``(data, metadata)``). Call it once,
+    after ``matplotlib.pyplot`` is imported (the inline backend registers its formatter then).
+
+    Args:
+        shell: The IPython shell (default: the running one).
+
+    Returns:
+        False outside IPython or without a PNG formatter for figures (nothing changed).
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = shell or get_ipython()
+    if shell is None:
+        return False
+    formatter = shell.display_formatter.formatters["image/png"]
+    try:
+        png = formatter.lookup_by_type(Figure)
+    except KeyError:
+        return False
+    if getattr(png, "adds_figure_facts", False):
+        return True
+
+    def with_facts(fig):
+        data = png(fig)
+        return data, {"cnnlab": {"epoch_ticks": epoch_ticks(fig)}}
+
+    with_facts.adds_figure_facts = True
+    formatter.for_type(Figure, with_facts)
+    return True
 
 
 def plot_class_counts(counts: pd.DataFrame, title: str = "Images per class") -> Figure:
@@ -110,15 +160,19 @@ def plot_class_samples(rows: pd.DataFrame, per_class: int = 1, max_classes: int 
     return fig
 
 
-def plot_history(history: pd.DataFrame, title: str = "", stage_boundary: int | None = None
-                 ) -> Figure:
+def plot_history(history: pd.DataFrame, title: str = "", stage_boundary: int | None = None,
+                 chance: float | None = None) -> Figure:
     """Accuracy and loss curves, train vs validation, from a run's ``history.csv``.
+
+    Epochs are whole numbers on the x axis.
 
     Args:
         history: Rows per epoch with ``epoch``, ``accuracy``, ``loss``, ``val_accuracy``,
             ``val_loss`` (as written by ``keras.callbacks.CSVLogger``).
         title: Figure title (default: ``"accuracy and loss per epoch"``).
         stage_boundary: Epoch where fine-tuning started, drawn as a dashed line.
+        chance: Accuracy of guessing (``1 / classes``), drawn as a dotted line on the accuracy
+            panel; None draws none.
     """
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     epochs = history["epoch"] + 1
@@ -130,7 +184,10 @@ def plot_history(history: pd.DataFrame, title: str = "", stage_boundary: int | N
             ax.axvline(stage_boundary + 0.5, ls="--", c="grey", label="fine-tune starts")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    if chance is not None:
+        axes[0].axhline(chance, ls=":", c="black", lw=1, label=f"chance ({chance:.3g})")
     axes[0].legend(fontsize=8)
     fig.suptitle(title or "accuracy and loss per epoch")
     fig.tight_layout()
@@ -139,7 +196,8 @@ def plot_history(history: pd.DataFrame, title: str = "", stage_boundary: int | N
 
 def plot_histories(histories: Mapping[str, pd.DataFrame], metric: str = "val_accuracy",
                    x: str = "seconds", stage_boundaries: Mapping[str, int | None] | None = None,
-                   title: str = "", log_x: bool = False) -> Figure:
+                   title: str = "", log_x: bool = False, chance: float | None = None
+                   ) -> Figure:
     """One curve per model of ``metric`` against training time (or epoch), to compare runs.
 
     Epochs cost very different amounts: a frozen-backbone epoch on cached features takes a
@@ -159,9 +217,11 @@ def plot_histories(histories: Mapping[str, pd.DataFrame], metric: str = "val_acc
             where fine-tuning starts is drawn as a dashed line in the run's colour.
         title: Figure title (default: the metric against the x axis).
         log_x: Log-scale x axis (spreads the short runs when one run is far longer).
+        chance: Accuracy of guessing (``1 / classes``), drawn as a dotted line; None draws
+            none.
 
     Returns:
-        The Figure, one line per run.
+        The Figure, one line per run; epochs, when on the x axis, are whole numbers.
 
     Raises:
         ValueError: If ``x`` is neither ``"seconds"`` nor ``"epoch"``.
@@ -183,6 +243,10 @@ def plot_histories(histories: Mapping[str, pd.DataFrame], metric: str = "val_acc
             at = float(xs.iloc[boundary - 1]) if x == "seconds" else boundary + 0.5
             ax.axvline(at, ls="--", lw=1, c=line.get_color(), alpha=0.8)
             marked = True
+    if chance is not None:
+        ax.axhline(chance, ls=":", c="black", lw=1, label=f"chance ({chance:.3g})")
+    if x == "epoch" and not log_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles = ax.get_legend_handles_labels()[0]
     if marked:
         handles.append(Line2D([], [], ls="--", lw=1, c="grey", label="fine-tuning starts"))

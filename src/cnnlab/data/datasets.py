@@ -106,6 +106,16 @@ DATASETS: dict[str, DatasetSpec] = {
                  "training uses balanced class weights",
         ),
         DatasetSpec(
+            "weather-mwd", "Multi-class Weather Dataset (4 classes)",
+            "https://data.mendeley.com/datasets/4drtyfjtfy/1 (Ajayi, G. (2018), Multi-class "
+            "Weather Dataset for Image Classification, Mendeley Data, V1, "
+            "doi:10.17632/4drtyfjtfy.1); on Kaggle as pratik2901/multiclass-weather-dataset",
+            kaggle_handle="pratik2901/multiclass-weather-dataset", license="CC BY 4.0",
+            note="the weather project's offline stand-in: 1,125 photos as published (cloudy, "
+                 "rain, shine, sunrise), no split folders; GIFs and PNGs named .jpg, greyscale "
+                 "and RGBA files are converted, exact duplicates excluded (cnnlab validate)",
+        ),
+        DatasetSpec(
             "vehicles", "Vehicles: car, bus, truck, motorcycle",
             "https://zenodo.org/records/6634554 (tiny, low-quality vehicle images: bike, car, "
             "juggernaut, minibus, pickup, truck) or any class-per-folder vehicle set",

@@ -33,7 +33,13 @@ from cnnlab.training.fitting import (
     precision,
     seed_everything,
 )
-from cnnlab.training.recipes import UNFREEZE_RULES, FineTuneRecipe, get_recipe
+from cnnlab.training.recipes import (
+    UNFREEZE_RULES,
+    FineTuneRecipe,
+    ScratchRecipe,
+    get_recipe,
+    get_scratch_recipe,
+)
 from cnnlab.training.runs import (
     RunFolder,
     _profile_config,
@@ -149,6 +155,7 @@ def fine_tune(
     resume: bool = True,
     run_config: dict | None = None,
     scratch_epochs: int | None = None,
+    scratch_recipe: str | ScratchRecipe | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     name: str | None = None,
     verbose: int | str = 2,
@@ -176,7 +183,9 @@ def fine_tune(
 
     A backbone without pretrained weights (``weights="none"``, or a given model whose backbone
     is trainable) has nothing to transfer: it is trained end to end for ``scratch_epochs``
-    (default ``freeze_epochs + epochs``) epochs instead, and says so.
+    (default ``freeze_epochs + epochs``) epochs instead, with its family's from-scratch recipe
+    (``recipes.SCRATCH_RECIPES``: AdamW, warm-up then cosine, label smoothing; VGG16 at a
+    tenth of the rate with a clip), and says so.
 
     The run is resumable: killed at any point, the same call continues from the last completed
     epoch (stage 1 is not repeated once finished).
@@ -203,6 +212,8 @@ def fine_tune(
         resume: Continue an interrupted run of the same configuration.
         run_config: Extra facts for ``args.yaml`` (e.g. the profile name).
         scratch_epochs: Epochs end to end without pretrained weights (see above).
+        scratch_recipe: The from-scratch recipe (a ``recipes.SCRATCH_RECIPES`` family key or a
+            ``ScratchRecipe``; None: the backbone family's).
         callbacks: Extra Keras callbacks for every stage (e.g. a timer).
         name: Model name for the run folder and ``models/`` (default: the backbone's), e.g.
             ``mobilenet_v2_scratch`` for a from-scratch twin.
@@ -241,9 +252,11 @@ def fine_tune(
     name = model.name
     shown = label if pretrained else label.upper()
     scratch_epochs = scratch_epochs or freeze_epochs + epochs
+    scratch = get_scratch_recipe(scratch_recipe or _family(
+        model_or_backbone if isinstance(model_or_backbone, str) else model.name))
     plan = (f"{freeze_epochs} frozen + {epochs} fine-tune epochs" if pretrained
-            else f"{scratch_epochs} epochs end to end (no pretrained weights: a frozen "
-                 f"random backbone would teach the head nothing)")
+            else f"{scratch_epochs} epochs {scratch.describe(lr * scratch.lr_scale)} (no "
+                 f"pretrained weights: a frozen random backbone would teach the head nothing)")
     print(f"{name}: weights = {shown}; {len(data.train_rows)} images at {data.image_size} px, "
           f"{plan}")
     config = {
@@ -253,7 +266,8 @@ def fine_tune(
         "fine_tune_epochs": epochs, "scratch_epochs": None if pretrained else scratch_epochs,
         "batch_size": data.batch_size,
         "replicas": strategy.num_replicas_in_sync, "learning_rate": lr,
-        "recipe": dataclasses.asdict(recipe), "seed": data.seed, "weights": label,
+        "recipe": dataclasses.asdict(recipe) if pretrained else dataclasses.asdict(scratch),
+        "seed": data.seed, "weights": label,
         "pretrained": pretrained,
         "cache_features": cache_features, "mixed_precision": mixed_precision or "float32",
         "jit_compile": jit_compile, "strategy": distribute.strategy_name(strategy),
@@ -263,8 +277,10 @@ def fine_tune(
     used_cache = False
     with strategy.scope():
         if not pretrained:
+            steps = math.ceil(len(data.train_rows) / data.batch_size) * scratch_epochs
             _train_end_to_end(model, data, run, scratch_epochs, lr, jit_compile, verbose,
-                              callbacks)
+                              callbacks, scratch.make_optimizer(lr * scratch.lr_scale, steps),
+                              scratch.loss())
         else:
             if run.completed("frozen"):
                 print(f"stage 1 finished in an earlier run: continuing from "
@@ -289,6 +305,14 @@ def fine_tune(
     finish_run(run)  # after the save: a kill before it resumes and saves
     return TrainingResult(name, model, history, run, paths, seconds, label,
                           freeze_epochs if pretrained else None, used_cache)
+
+
+def _family(name: str) -> str:
+    """The registry family (``keras.applications`` module) of backbone ``name``, or
+    ``"default"`` for a name outside the registry."""
+    from cnnlab.models.backbones import BACKBONES
+
+    return BACKBONES[name].module if name in BACKBONES else "default"
 
 
 def _fine_tune_stage(model, data: TrainingData, run: RunFolder, recipe: FineTuneRecipe,
@@ -389,6 +413,11 @@ def train_backbones(manifest, profile, weights: str = "imagenet", weights_dir=No
     Returns:
         ``{model name: result}`` in training order.
     """
+    reasons: dict[str, list[str]] = {}
+    for name, reason in profile.left_out.items():
+        reasons.setdefault(reason, []).append(name)
+    for reason, names in reasons.items():
+        print(f"{', '.join(names)}: not trained in the {profile.name} profile: {reason}")
     runs = [(name, name, weights) for name in profile.backbones]
     runs += [(f"{name}{SCRATCH_SUFFIX}", name, "none") for name in profile.scratch_twins
              if name in profile.backbones]
@@ -399,7 +428,7 @@ def train_backbones(manifest, profile, weights: str = "imagenet", weights_dir=No
         if profile.is_short_run(backbone):
             changed = ", ".join(f"{k}={v}" for k, v in profile.backbone_overrides[backbone]
                                 .items())
-            print(f"{model_name}: SHORT RUN of the {profile.name} profile ({changed})")
+            print(f"{model_name}: the {profile.name} profile's settings for it: {changed}")
         results[model_name] = train_transfer(
             backbone, manifest, settings, start, weights_dir, dirs, seed, hflip, strategy,
             name=model_name)

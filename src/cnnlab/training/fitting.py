@@ -345,10 +345,10 @@ def _run_name(data: TrainingData, name: str, strategy) -> str:
 
 
 def _train_end_to_end(model, data: TrainingData, run: RunFolder, epochs: int, lr: float,
-                      jit_compile, verbose, callbacks=None) -> None:
+                      jit_compile, verbose, callbacks=None, optimizer=None, loss=None) -> None:
     if run.completed("train"):  # killed after training, before the run was marked finished
         return
-    compile_classifier(model, lr, jit_compile)
+    compile_classifier(model, lr, jit_compile, optimizer, loss)
     extra = []
     if batchnorm_in_training_mode(model):
         images = min(PRECISE_BN_IMAGES, len(data.train_rows))
