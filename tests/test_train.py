@@ -236,14 +236,21 @@ def test_precise_bn_runs_once_per_epoch_before_validation(sample_root, project, 
             calls.append(Recorder.validations)  # validations begun so far
             return super().recompute(model)
 
+    from cnnlab.training import callbacks
+
     monkeypatch.setattr(train_module, "PreciseBatchNorm", Recorder)
+    monkeypatch.setattr(callbacks, "_NOTICES_SHOWN", set())
     manifest = build_manifest(sample_root, "sample")
     train_custom("vehicles_cnn_bn", manifest, TINY, project)
     assert calls == [0, 1]  # epoch 1 before its validation, epoch 2 before its own
-    assert "Precise BN" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Precise BN" in out
+    assert "train:\nepoch     loss accuracy val_loss val_accuracy  seconds\n    1 " in out, out
+    assert "Epoch 1/2" not in out  # the progress table, not Keras' log lines
     calls.clear()
     train_custom("retail_cnn", manifest, TINY, project)  # no BatchNormalization
     assert calls == [] and "Precise BN" not in capsys.readouterr().out
+    assert not callbacks.notice_once("precise_bn", "again")  # said once per process
 
 
 @pytest.mark.slow

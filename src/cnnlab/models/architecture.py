@@ -547,8 +547,9 @@ def plot_architecture(
             except Exception as exc:  # noqa: BLE001 - reported below, never silently
                 failures.append(f"{name!r} failed ({type(exc).__name__}: {exc})")
                 continue
-            why = "; ".join(failures) if failures else "first choice"
-            print(f"plot_architecture(kind='auto'): using the {name!r} view [{why}]")
+            if failures:  # the first choice needs no notice; a fallback does
+                print(f"plot_architecture(kind='auto'): using the {name!r} view "
+                      f"[{'; '.join(failures)}]")
             break
         if fig is None:
             raise RuntimeError("plot_architecture: every view failed: " + "; ".join(failures))

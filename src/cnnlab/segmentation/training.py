@@ -382,7 +382,7 @@ def train_segmenter(
     weights: str = "none",
     weights_dir: str | os.PathLike | None = None,
     seed: int = 42,
-    verbose: int | str = 2,
+    verbose: int | str = "table",
     resume: bool = True,
 ) -> SegmentationRun:
     """Fine-tunes DeepLabV3+ on image/mask pairs and reports validation mIoU per epoch.
@@ -409,7 +409,7 @@ def train_segmenter(
             ``"none"`` regardless when ``profile.segment_pretrained`` is False.
         weights_dir: Folder of local ImageNet weights files.
         seed: Seed of the split, initialisation, shuffling and flips.
-        verbose: Keras verbosity (2: one line per epoch).
+        verbose: "table" (one row per epoch) or Keras verbosity (2: its per-epoch lines).
         resume: Continue an interrupted run, or reuse a finished one, of the same settings;
             False: always a new run (an old folder is kept under a dated name).
 

@@ -21,6 +21,8 @@ _EXPORTS = {
     "EpochTimer": "callbacks",
     "RunCheckpoint": "callbacks",
     "PRECISE_BN_IMAGES": "callbacks",
+    "ProgressTable": "callbacks",
+    "notice_once": "callbacks",
     "PreciseBatchNorm": "callbacks",
     "batchnorm_in_training_mode": "callbacks",
     "BACKUP_WORKING": "callbacks",

@@ -48,6 +48,58 @@ class EpochTimer(keras.callbacks.Callback):
             logs["seconds"] = round(time.perf_counter() - self._start, 3)
 
 
+_NOTICES_SHOWN: set[str] = set()
+
+
+def notice_once(key: str, text: str) -> bool:
+    """Prints ``text`` the first time ``key`` is noticed in this process (a notebook's kernel);
+    returns whether it printed. For explanations every run of a kind would repeat."""
+    if key in _NOTICES_SHOWN:
+        return False
+    _NOTICES_SHOWN.add(key)
+    print(text)
+    return True
+
+
+class ProgressTable(keras.callbacks.Callback):
+    """One row per epoch, as fastai's progress table: a compact alternative to Keras' logs.
+
+    Prints a header when the stage starts (``stage``, then the column names), then for every
+    epoch its number (counted from 1, across stages), each metric of the logs rounded to 4
+    digits (``loss``, ``accuracy``, then the validation ones) and the epoch's seconds. Put it
+    after :class:`EpochTimer`, which adds ``seconds`` to the logs.
+
+    Args:
+        stage: Label of the stage printed above its rows (e.g. ``"fine_tune"``).
+    """
+
+    def __init__(self, stage: str = "train"):
+        super().__init__()
+        self.stage, self.columns = stage, None
+
+    def on_train_begin(self, logs=None):
+        self.columns = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.columns is None:
+            def order(key):  # loss first, then the metrics; training before validation
+                name = key.removeprefix("val_")
+                return (key == "seconds", key.startswith("val_"), name != "loss", name)
+
+            self.columns = sorted(logs, key=order)
+            widths = [max(len(k), 8) for k in self.columns]
+            print(f"{self.stage}:")
+            print("epoch " + " ".join(k.rjust(w) for k, w in zip(self.columns, widths)),
+                  flush=True)
+        cells = []
+        for key in self.columns:
+            value = logs.get(key, float("nan"))
+            text = f"{value:.1f}" if key == "seconds" else f"{value:.4f}"
+            cells.append(text.rjust(max(len(key), 8)))
+        print(f"{epoch + 1:>5} " + " ".join(cells), flush=True)
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """Writes ``last.weights.h5`` every epoch and ``best.weights.h5`` on a new best.
 
@@ -230,7 +282,8 @@ def tensorboard_logs(run: RunFolder, stage: str = "train") -> keras.callbacks.Te
 
 
 def run_callbacks(run: RunFolder, stage: str = "train", target: keras.Model | None = None,
-                  monitor: str = "val_accuracy") -> list[keras.callbacks.Callback]:
+                  monitor: str = "val_accuracy", table: bool = False
+                  ) -> list[keras.callbacks.Callback]:
     """Epoch timer, history CSV, TensorBoard logs, best/last checkpoints, Keras' backup and
     its publication.
 
@@ -251,6 +304,7 @@ def run_callbacks(run: RunFolder, stage: str = "train", target: keras.Model | No
         target: Model the checkpoints save (default: the fitted model).
         monitor: Metric of the best checkpoint, higher is better (``val_mIoU`` for
             segmentation).
+        table: Also print a :class:`ProgressTable` row per epoch (after the timer).
 
     Returns:
         The callbacks, in the order Keras must call them.
@@ -258,6 +312,7 @@ def run_callbacks(run: RunFolder, stage: str = "train", target: keras.Model | No
     folder = run.backup / stage
     return [
         EpochTimer(),
+        *([ProgressTable(stage)] if table else []),
         keras.callbacks.CSVLogger(str(run.history), append=True),
         tensorboard_logs(run, stage),
         RunCheckpoint(run, target, _best_so_far(run, monitor), monitor),

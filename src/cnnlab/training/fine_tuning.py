@@ -158,7 +158,7 @@ def fine_tune(
     scratch_recipe: str | ScratchRecipe | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     name: str | None = None,
-    verbose: int | str = 2,
+    verbose: int | str = "table",
 ) -> TrainingResult:
     """Transfer learning in one call: head on the frozen backbone, then the whole backbone.
 
@@ -217,7 +217,7 @@ def fine_tune(
         callbacks: Extra Keras callbacks for every stage (e.g. a timer).
         name: Model name for the run folder and ``models/`` (default: the backbone's), e.g.
             ``mobilenet_v2_scratch`` for a from-scratch twin.
-        verbose: Keras verbosity.
+        verbose: "table" (one row per epoch, ``callbacks.ProgressTable``) or Keras verbosity.
 
     Returns:
         The result: model with the best checkpoint, ``history.csv`` (epochs numbered across

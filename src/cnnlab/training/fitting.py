@@ -24,6 +24,7 @@ from cnnlab.training.callbacks import (
     batchnorm_in_training_mode,
     restore_backup,
     run_callbacks,
+    notice_once,
 )
 from cnnlab.training.runs import RunFolder, _profile_config, finish_run, load_weights, start_run
 
@@ -36,7 +37,7 @@ def fit(
     epochs: int,
     initial_epoch: int = 0,
     stage: str = "train",
-    verbose: int | str = 2,
+    verbose: int | str = "table",
     target: keras.Model | None = None,
     class_weight: dict | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
@@ -57,7 +58,8 @@ def fit(
         epochs: Index of the last epoch (Keras semantics, counting from ``initial_epoch``).
         initial_epoch: First epoch (continues the numbering of an earlier stage).
         stage: Name of the stage; its resume backup is ``backup/<stage>/``.
-        verbose: Keras verbosity (2: one line per epoch, readable in notebooks).
+        verbose: ``"table"``: one row per epoch (``callbacks.ProgressTable``), Keras silent;
+            otherwise Keras' own verbosity (2: its per-epoch log lines, 1: progress bars).
         target: Model the checkpoints save (default ``model``).
         class_weight: ``{class index: weight}`` for imbalanced data, or None.
         callbacks: Extra callbacks, run before the run folder's (e.g. :class:`PreciseBatchNorm`,
@@ -76,9 +78,10 @@ def fit(
     # does nothing for datasets and only warns).
     return model.fit(train_ds, validation_data=val_ds, epochs=epochs,
                      initial_epoch=initial_epoch,
-                     callbacks=list(callbacks or []) + run_callbacks(run, stage, target,
-                                                                      monitor),
-                     verbose=verbose, shuffle=False, class_weight=class_weight)
+                     callbacks=list(callbacks or []) + run_callbacks(
+                         run, stage, target, monitor, table=verbose == "table"),
+                     verbose=0 if verbose == "table" else verbose, shuffle=False,
+                     class_weight=class_weight)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -354,8 +357,9 @@ def _train_end_to_end(model, data: TrainingData, run: RunFolder, epochs: int, lr
         images = min(PRECISE_BN_IMAGES, len(data.train_rows))
         extra.append(PreciseBatchNorm(data.train_ds(augment=False),
                                       math.ceil(images / data.batch_size)))
-        print(f"BatchNorm statistics are recomputed on {images} un-augmented training images "
-              f"after every epoch, before validation (Precise BN, arXiv:2105.07576)")
+        notice_once("precise_bn", f"BatchNorm statistics are recomputed on {images} "
+                    f"un-augmented training images after every epoch, before validation "
+                    f"(Precise BN, arXiv:2105.07576)")
     fit(model, data.train_ds(), data.val_ds(), run, epochs, stage="train", verbose=verbose,
         class_weight=data.class_weight(), callbacks=extra + list(callbacks or []))
     run.complete("train")
@@ -376,7 +380,7 @@ def train_classifier(
     epochs: int,
     learning_rate: float = 1e-3,
     jit_compile: bool | str = False,
-    verbose: int | str = 2,
+    verbose: int | str = "table",
 ) -> pd.DataFrame:
     """Trains a model end to end (resumable), then restores the best validation checkpoint.
 
@@ -429,7 +433,7 @@ def train_custom(name: str, manifest, profile, dirs=None, seed: int = 42,
           f"{profile.custom_epochs} epochs")
     start = time.perf_counter()
     with strategy.scope():
-        _train_end_to_end(model, data, run, profile.custom_epochs, lr, profile.jit_compile, 2)
+        _train_end_to_end(model, data, run, profile.custom_epochs, lr, profile.jit_compile, "table")
         history = _restore_best(model, run)
     seconds = time.perf_counter() - start
     paths = {}
