@@ -33,11 +33,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from time_to_accuracy import DATASET_OPTIONS, score_test_split  # noqa: E402 (this folder)
 
+from cnnlab.config import project_dirs  # noqa: E402
 from cnnlab.data.datasets import get_dataset_spec, prepare_dataset  # noqa: E402
 from cnnlab.data.pipeline import split_dataset  # noqa: E402
 from cnnlab.evaluation.metrics import collapse_reason  # noqa: E402
 from cnnlab.files import write_json, write_text  # noqa: E402
-from cnnlab.config import project_dirs  # noqa: E402
 from cnnlab.training.fine_tuning import _family, fine_tune  # noqa: E402
 from cnnlab.training.fitting import TrainingData  # noqa: E402
 from cnnlab.training.recipes import get_scratch_recipe  # noqa: E402
@@ -66,7 +66,8 @@ def render_markdown(report: dict) -> str:
             rate = times = seconds = "–"
         else:
             low, high = chosen["test_interval"]
-            scored = f"{chosen['test_accuracy']:.3f} [{low:.3f}, {high:.3f}] (n={chosen['test_images']})"
+            scored = (f"{chosen['test_accuracy']:.3f} [{low:.3f}, {high:.3f}] "
+                      f"(n={chosen['test_images']})")
             rate = f"{chosen['lr']:.0e}"
             times = f"{chosen['test_accuracy'] * run['classes']:.1f}"
             seconds = f"{chosen['seconds']:.0f}"
@@ -122,8 +123,8 @@ def main() -> None:
                    "collapsed": collapse_reason(probs, manifest.classes)}
             print("RESULT", backbone, json.dumps(row), flush=True)
             candidates.append(row)
-            if not row["collapsed"] and (best is None
-                                         or row["best_val_accuracy"] > best[0]["best_val_accuracy"]):
+            better = best is None or row["best_val_accuracy"] > best[0]["best_val_accuracy"]
+            if not row["collapsed"] and better:
                 best = (row, result.model)
         entry = {"dataset": args.dataset, "backbone": backbone, "family": _family(backbone),
                  "image_size": args.image_size, "epochs": args.epochs, "seed": args.seed,

@@ -316,8 +316,9 @@ def render_markdown(report: dict) -> str:
              "[time_to_accuracy.json](time_to_accuracy.json). Each row "
              "was measured on the machine and at the loads recorded in the JSON (each seed "
              "in one process; a long row's seeds may come from several processes with the "
-             "same settings, `--add-seeds`), each arm once per seed on the same splits. Test accuracy on the whole "
-             "test split: mean ± standard deviation over the seeds; (b) - (a) is the paired "
+             "same settings, `--add-seeds`), each arm once per seed on the same splits. "
+             "Test accuracy on the whole test split: mean ± standard deviation over the "
+             "seeds; (b) - (a) is the paired "
              "difference with its 95% bootstrap interval over (seed, test image) pairs, a "
              "gain only where the interval excludes zero. The target is (a)'s best "
              "validation accuracy.", "",

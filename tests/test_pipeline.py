@@ -421,5 +421,6 @@ def test_epoch_axes_have_whole_ticks_and_notebook_outputs_carry_them():
     assert plots.show_figure_facts(shell) and plots.show_figure_facts(shell)  # once
     data, metadata = formatter(fig)
     assert data == "png-bytes" and metadata == {"cnnlab": {"epoch_ticks": ticks}}
-    assert not plots.show_figure_facts(types.SimpleNamespace(display_formatter=types.SimpleNamespace(
-        formatters={"image/png": PNGFormatter()})))  # no figure formatter: nothing to wrap
+    bare = types.SimpleNamespace(display_formatter=types.SimpleNamespace(
+        formatters={"image/png": PNGFormatter()}))
+    assert not plots.show_figure_facts(bare)  # no figure formatter: nothing to wrap

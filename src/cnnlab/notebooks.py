@@ -12,8 +12,8 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 
 import pandas as pd
 

@@ -22,9 +22,9 @@ from cnnlab.training.callbacks import (
     PreciseBatchNorm,
     _trim_history,
     batchnorm_in_training_mode,
+    notice_once,
     restore_backup,
     run_callbacks,
-    notice_once,
 )
 from cnnlab.training.runs import RunFolder, _profile_config, finish_run, load_weights, start_run
 
