@@ -235,3 +235,11 @@ def test_the_cpu_profile_leaves_families_out_with_the_reason(capsys, monkeypatch
                                "in the cpu profile: no ImageNet weights file offline")
     assert trained == ["mobilenet_v3_small_075", "mobilenet_v2", "mobilenet_v3_small_075_scratch"]
     assert "mobilenet_v2: the cpu profile's settings for it: image_size=160" in lines[1]
+
+
+def test_a_left_out_family_asked_for_by_name_is_trained():
+    from cnnlab.config import resolve_profile
+
+    asked = resolve_profile("cpu", backbones=["vgg16", "mobilenet_v2"])
+    assert asked.backbones == ("vgg16", "mobilenet_v2") and asked.left_out == {}
+    assert resolve_profile("cpu").left_out

@@ -356,11 +356,14 @@ def resolve_profile(
     Args:
         profile: Profile name.
         image_size: Overrides both image sizes (transfer and custom models).
-        backbones: Overrides the backbones of notebook 03.
+        backbones: Overrides the backbones of notebook 03, including any the profile leaves
+            out (``Profile.left_out`` is then empty: the list is the whole choice).
         custom_models: Overrides the custom CNNs of notebook 02.
     """
-    return get_profile(
+    resolved = get_profile(
         profile, image_size=image_size, custom_image_size=image_size,
         backbones=tuple(backbones) if backbones else None,
         custom_models=tuple(custom_models) if custom_models else None,
     )
+    # A list given by name is the whole choice: nothing is left out of it behind its back.
+    return resolved.replace(left_out={}) if backbones else resolved
