@@ -18,6 +18,8 @@ Nothing is typed by hand: a number that is not in the run's files is not shown.
 
 from __future__ import annotations
 
+import math
+
 import os
 import re
 import shutil
@@ -167,12 +169,38 @@ def _results_page(results: Path, run_id: str, hardware: str) -> str:
                        ("timings.csv", "Seconds per notebook")):
         if (results / csv).is_file():
             table = pd.read_csv(results / csv)
-            parts += [f"## {title}", "", table.round(3).to_markdown(index=False), ""]
+            parts += [f"## {title}", "", markdown_table(table), ""]
     for agreement in sorted(results.glob("04_agreement_*.csv")):
         table = pd.read_csv(agreement)
         parts += [f"## Classification agreement, {agreement.stem.removeprefix('04_agreement_')} "
-                  f"(notebook 04)", "", table.round(3).to_markdown(index=False), ""]
+                  f"(notebook 04)", "", markdown_table(table), ""]
     return "\n".join(parts)
+
+
+def _cell(value) -> str:
+    """A table cell: missing values as "–", whole numbers with thousands separators (never
+    ``2.28016e+06``), other numbers to 3 decimals."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if float(value).is_integer() and abs(value) >= 1000:
+            return f"{int(value):,}"
+        if isinstance(value, float):
+            return f"{round(value, 3) + 0.0:.3f}".rstrip("0").rstrip(".")  # + 0.0: no "-0"
+        return str(value)
+    return str(value)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """``table`` as a Markdown table with readable cells (see :func:`_cell`).
+
+    Args:
+        table: Any frame; its index is left out.
+
+    Returns:
+        The Markdown text (``DataFrame.to_markdown`` of the formatted cells).
+    """
+    return table.map(_cell).to_markdown(index=False)
 
 
 def _duration(seconds: float) -> str:

@@ -116,7 +116,7 @@ DATASETS: dict[str, DatasetSpec] = {
                  "and RGBA files are converted, exact duplicates excluded (cnnlab validate)",
         ),
         DatasetSpec(
-            "vehicles", "Vehicles: car, bus, truck, motorcycle",
+            "vehicles", "Vehicles (Zenodo 6634554: bike, car, juggernaut, minibus, pickup, truck)",
             "https://zenodo.org/records/6634554 (tiny, low-quality vehicle images: bike, car, "
             "juggernaut, minibus, pickup, truck) or any class-per-folder vehicle set",
             license="CC BY 4.0 (Zenodo 6634554)",
