@@ -19,7 +19,6 @@ Nothing is typed by hand: a number that is not in the run's files is not shown.
 from __future__ import annotations
 
 import math
-
 import os
 import re
 import shutil
