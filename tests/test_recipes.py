@@ -217,6 +217,12 @@ def test_a_backbone_from_scratch_trains_with_its_family_recipe(sample_root, proj
     assert args["recipe"]["name"] == "vgg16" and args["recipe"]["clipnorm"] == 1.0
     assert args["scratch_epochs"] == 1 and not args["pretrained"]
     assert np.isfinite(result.history["loss"]).all()
+    from cnnlab.training.stages import fine_tune_stages
+
+    row = fine_tune_stages(result).iloc[0]
+    assert (row["stage"], row["head rate"], row["schedule"]) == (
+        "end to end", "0.0001", "warm-up 20%, cosine")
+    assert row["backbone layers trained"] == "13 of 13 (all)"  # VGG16's 13 convolutions
 
 
 def test_the_cpu_profile_leaves_families_out_with_the_reason(capsys, monkeypatch):

@@ -12,7 +12,7 @@ import pandas as pd
 
 from cnnlab.models.transfer import find_backbone
 from cnnlab.training.fine_tuning import stage_two_layers
-from cnnlab.training.recipes import FineTuneRecipe, group_multipliers
+from cnnlab.training.recipes import FineTuneRecipe, ScratchRecipe, group_multipliers
 
 
 def _rates(values) -> str:
@@ -36,13 +36,21 @@ def fine_tune_stages(result) -> pd.DataFrame:
     backbone = find_backbone(model)
     rate = float(args.get("learning_rate", 0.0))
     if backbone is None or not args.get("pretrained"):
-        trainable = sum(1 for layer in model.layers if layer.trainable_weights)
+        scratch = args.get("recipe") if backbone is not None else None
+        if scratch and "clipnorm" in scratch:  # a backbone from scratch: its ScratchRecipe
+            recipe = ScratchRecipe(**scratch)
+            rate *= recipe.lr_scale
+            schedule = f"warm-up {recipe.warmup:.0%}, cosine"
+        else:  # a custom CNN: compile_classifier's constant Adam rate
+            schedule = "constant"
+        with_weights = sum(1 for layer in (backbone or model).layers if layer.weights)
         return pd.DataFrame([{
             "stage": "end to end", "epochs": len(result.history),
-            "backbone layers trained": "all" if backbone is not None else "-",
+            "backbone layers trained": (f"{with_weights} of {with_weights} (all)"
+                                        if backbone is not None else "-"),
             "BatchNorm": "trained (training mode)", "head rate": f"{rate:.2g}",
             "backbone rates": f"{rate:.2g}" if backbone is not None else "-",
-            "schedule": "constant", "layers with weights trained": trainable}])
+            "schedule": schedule}])
     recipe = FineTuneRecipe(**args["recipe"])
     layers = [layer for layer in backbone.layers if layer.weights]
     norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
