@@ -264,3 +264,7 @@ def test_confused_block_holds_the_most_confused_pairs():
         assert pair["true"] in shown and pair["predicted"] in shown
         cell = (shown.index(pair["true"]), shown.index(pair["predicted"]))
         assert written[cell] == str(pair["count"])
+    few = _interpretation_of({(3, 4): 2, (4, 3): 1}).plot_confused_block(k=12)
+    bar = few.axes[1]  # the colour bar counts images: whole numbers, even up to 2
+    ticks = [t for t in bar.get_yticks() if bar.get_ylim()[0] <= t <= bar.get_ylim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)

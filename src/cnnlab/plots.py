@@ -395,7 +395,9 @@ def plot_confused_block(matrix: np.ndarray, class_names: list[str], k: int = 12,
     ax.set_yticks(range(m), names, fontsize=9)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    fig.colorbar(image, ax=ax, shrink=0.6, label="images (off-diagonal; diagonal in grey)")
+    bar = fig.colorbar(image, ax=ax, shrink=0.6, label="images (off-diagonal; diagonal in grey)")
+    bar.locator = MaxNLocator(integer=True)  # counts of images: whole numbers
+    bar.update_ticks()
     if not title:
         what = "no image is misclassified" if none_confused else \
             f"the {m} most confused of {n} classes"
