@@ -524,3 +524,11 @@ def test_agreement_table_on_real_vehicle_photos(deeplab_dir: Path,
         agreement_table(seg, vehicle_rows, {"car": ("lorry",)})
     with pytest.raises(ValueError, match="no image has a label"):
         agreement_table(seg, vehicle_rows, {"drinks": ("bottle",)})
+
+
+def test_a_class_keeps_its_colour_whichever_classes_it_is_shown_with() -> None:
+    alone = class_palette([0, 6])
+    crowded = class_palette([0, 2, 6, 7, 14, 15, 255])
+    assert alone[6] == crowded[6] and alone[0] == (0, 0, 0)
+    assert len({class_palette([c, 30])[30] for c in (1, 6, 14)}) == 1  # beyond VOC too
+    assert _min_distance(class_palette(range(1, 21)).values()) > 25  # all 20 VOC classes

@@ -27,6 +27,8 @@ _EXPORTS = {
     "per_class_iou": "iou",
     "mean_iou": "iou",
     "class_palette": "overlays",
+    "class_colour": "overlays",
+    "FIXED_COLOURS": "overlays",
     "voc_colormap": "overlays",
     "colorize_mask": "overlays",
     "overlay": "overlays",

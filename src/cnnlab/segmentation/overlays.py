@@ -46,14 +46,43 @@ def voc_colormap(num_classes: int = 21) -> np.ndarray:
 IGNORE_COLOUR = (224, 224, 192)
 
 
+# One colour per class index, the same in every figure: Kelly's colours of maximum contrast
+# (K. L. Kelly, "Twenty-two colors of maximum contrast", Color Engineering 3(6), 1965; white and
+# black left out) over the 20 PASCAL VOC classes, arranged so that the classes shown here
+# together are far apart: bus, car, motorbike and person (>= 140 apart in RGB), and classes
+# 1-10 (the generated shapes use 1-4) at least 66 apart.
+FIXED_COLOURS: dict[int, tuple[int, int, int]] = {
+    1: (230, 143, 172), 2: (136, 45, 23), 3: (226, 88, 34), 4: (194, 178, 128),
+    5: (190, 0, 50), 6: (243, 195, 0), 7: (135, 86, 146), 8: (0, 103, 165),
+    9: (43, 61, 38), 10: (141, 182, 0), 11: (96, 78, 151), 12: (220, 211, 0),
+    13: (132, 132, 130), 14: (0, 136, 86), 15: (161, 202, 241), 16: (246, 166, 0),
+    17: (179, 68, 108), 18: (101, 69, 34), 19: (243, 132, 0), 20: (249, 150, 121),
+}
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """The fixed colour of a class index: black background (0), the VOC ignore colour (255),
+    :data:`FIXED_COLOURS` for 1-20, and hues spaced by the golden ratio beyond."""
+    import colorsys
+
+    index = int(index)
+    if index == 0:
+        return (0, 0, 0)
+    if index == 255:
+        return IGNORE_COLOUR
+    if index in FIXED_COLOURS:
+        return FIXED_COLOURS[index]
+    red, green, blue = colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.75, 0.9)
+    return (int(round(255 * red)), int(round(255 * green)), int(round(255 * blue)))
+
+
 def class_palette(classes: Iterable[int]) -> dict[int, tuple[int, int, int]]:
-    """Distinct colours for the classes a figure shows.
+    """The colours of the classes a figure shows, one fixed colour per class index.
 
     The VOC colour map gives some classes that matter here nearly the same colour (bus 6 =
-    (0, 128, 128), motorbike 14 = (64, 128, 128)); a qualitative palette spread over only the
-    classes present keeps every pair apart. Background (0) is black, the ignore label (255)
-    keeps its VOC colour, the other classes take matplotlib's ``tab10`` colours in class
-    order (``tab20``, dark shades first, from 11 classes; evenly spaced hues beyond 20).
+    (0, 128, 128), motorbike 14 = (64, 128, 128)); :func:`class_colour` keeps them apart and
+    gives a class the same colour in every figure (bus is always yellow), whichever other
+    classes it appears with.
 
     Args:
         classes: Class indices present (any order, repeats allowed).
@@ -61,23 +90,7 @@ def class_palette(classes: Iterable[int]) -> dict[int, tuple[int, int, int]]:
     Returns:
         ``{class index: (r, g, b)}`` with uint8 components, one entry per distinct class.
     """
-    present = sorted({int(c) for c in classes})
-    foreground = [c for c in present if c not in (0, 255)]
-    count = len(foreground)
-    if count <= 10:
-        table = plt.get_cmap("tab10").colors
-    elif count <= 20:
-        tab20 = plt.get_cmap("tab20").colors
-        table = tab20[0::2] + tab20[1::2]
-    else:
-        table = [plt.get_cmap("hsv")(i / count) for i in range(count)]
-    palette = {c: tuple(int(round(255 * v)) for v in table[i][:3])
-               for i, c in enumerate(foreground)}
-    if 0 in present:
-        palette[0] = (0, 0, 0)
-    if 255 in present:
-        palette[255] = IGNORE_COLOUR
-    return dict(sorted(palette.items()))
+    return {c: class_colour(c) for c in sorted({int(c) for c in classes})}
 
 
 def _lookup(palette: Mapping[int, Sequence[int]] | None) -> np.ndarray:
@@ -161,8 +174,8 @@ def plot_segmentation(
 
     Without ground truth the columns are input | predicted mask | overlay; with it they are
     input | ground truth | prediction, the prediction titled with its pixel accuracy. Classes
-    get distinct colours (:func:`class_palette` over every class in the figure, the same in
-    every panel), named in a legend below the grid.
+    get fixed, distinct colours (:func:`class_palette`: the same colour for a class in every
+    panel and every figure), named in a legend below the grid.
 
     Args:
         images: ``(H, W, 3)`` RGB images, uint8 or float in ``[0, 255]``.
