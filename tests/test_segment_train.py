@@ -108,6 +108,13 @@ def test_train_segmenter_reports_miou_per_epoch(pairs, tmp_path):
         len(run.val) * 48 * 48
     fig = plot_miou_history(run.history, "smoke")
     assert [ax.get_ylabel() for ax in fig.axes] == ["mIoU", "loss"]
+    examples = run.examples_by_class(table)  # every class shown, the worst first
+    shown = [c for c in CLASS_NAMES[1:] if table.loc[c, "true pixels"] > 0]
+    assert sorted(examples["class"]) == sorted(shown)
+    assert examples["IoU"].tolist() == sorted(examples["IoU"].tolist())
+    for _, row in examples.iterrows():
+        index = list(CLASS_NAMES).index(row["class"])
+        assert (read_mask(row["mask"]) == index).any()
     with pytest.raises(ValueError, match="class names"):
         train_segmenter(pairs, CLASS_NAMES[:3], profile, tmp_path)
 

@@ -371,6 +371,32 @@ class SegmentationRun:
         truth = [read_mask(f) for f in self.val["mask"]]
         return per_class_iou(truth, self.segmenter().predict_masks(images), self.class_names)
 
+    def examples_by_class(self, iou: pd.DataFrame | None = None) -> pd.DataFrame:
+        """One validation pair per class, the class with the lowest IoU first.
+
+        For each class but the background (index 0), the pair whose ground-truth mask holds
+        the most pixels of it, so a figure of these rows shows every class, the ones the model
+        handles worst at the top.
+
+        Args:
+            iou: :meth:`per_class_iou`'s table (computed when None).
+
+        Returns:
+            Rows of ``val`` with a ``class`` and an ``IoU`` column, ordered by ``IoU``
+            (classes with no validation pixels left out).
+        """
+        iou = self.per_class_iou() if iou is None else iou
+        counts = np.stack([np.bincount(read_mask(f).ravel(), minlength=256)[:len(self.class_names)]
+                           for f in self.val["mask"]])
+        rows = []
+        for index, name in enumerate(self.class_names):
+            if index == 0 or counts[:, index].max() == 0:
+                continue
+            row = self.val.iloc[int(counts[:, index].argmax())].copy()
+            row["class"], row["IoU"] = name, float(iou.loc[name, "IoU"])
+            rows.append(row)
+        return pd.DataFrame(rows).sort_values("IoU", kind="stable").reset_index(drop=True)
+
 
 def train_segmenter(
     pairs: pd.DataFrame,
