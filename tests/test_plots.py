@@ -193,3 +193,23 @@ def test_in_jupyter_a_saved_figure_is_shown_once(tmp_path):
     assert images == [[], ["image/png"], ["image/jpeg"], []]
     assert notebook.cells[3].outputs[0]["data"]["text/plain"] == "0"
     assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()
+
+
+def test_prices_and_log_axes_read_as_plain_numbers():
+    from cnnlab.tabular import plots as tabular_plots
+
+    assert [tabular_plots.usd(v) for v in (85, 163_000, 1_163_000)] == ["$85", "$163k", "$1.16M"]
+    truth = np.random.default_rng(0).uniform(90_000, 1_200_000, 40)
+    fig = tabular_plots.plot_predicted_vs_actual(truth, {"mlp": truth * 1.1})
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert labels and all(text.startswith("$") for text in labels)
+    assert not any("^" in text or "," in text for text in labels)
+    history = pd.DataFrame({"val_loss": [2.5, 1.2, 0.6], "seconds": [1.0, 1.0, 1.0]})
+    fig = tabular_plots.plot_loss_curves({"cnn": history})
+    fig.canvas.draw()
+    shown = [t.get_text() for t in fig.axes[0].get_yticklabels(minor=True) if t.get_text()]
+    assert shown == []  # no "2x10^0" minor labels
+    major = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert major and not any("10^" in text or "times" in text for text in major)
+    plt.close("all")

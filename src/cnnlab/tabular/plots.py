@@ -8,11 +8,31 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from cnnlab.tabular.metrics import regression_metrics
 
-__all__ = ["plot_predicted_vs_actual", "plot_residuals", "plot_price_photos",
+__all__ = ["usd", "plot_predicted_vs_actual", "plot_residuals", "plot_price_photos",
            "plot_loss_curves", "plot_metric_intervals"]
+
+
+def usd(value: float) -> str:
+    """A price as people write it: ``$85``, ``$163k``, ``$1.16M`` (never ``$1,163k``)."""
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if value >= 1e6:
+        return f"{sign}${value / 1e6:.3g}M"
+    if value >= 1e3:
+        return f"{sign}${value / 1e3:.3g}k"
+    return f"{sign}${value:.0f}"
+
+
+def _plain_log_axis(axis, label=None) -> None:
+    """Log-axis ticks as plain numbers (``label``: value -> text; default ``f"{v:g}"``), at
+    1, 2 and 5 times each power of ten, with no ``2x10^0`` minor labels."""
+    text = label or (lambda value: f"{value:g}")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: text(value)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _panels(count: int, cols: int = 3, size: float = 3.2):
@@ -42,6 +62,8 @@ def plot_predicted_vs_actual(truth: np.ndarray, predictions: dict[str, np.ndarra
         ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high),
                xlabel="actual price (USD)", ylabel="predicted price (USD)",
                title=f"{name}: MAPE {mape:.1f}%")
+        _plain_log_axis(ax.xaxis, usd)
+        _plain_log_axis(ax.yaxis, usd)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -61,6 +83,7 @@ def plot_residuals(truth: np.ndarray, predictions: dict[str, np.ndarray],
         ax.axhline(0, color="grey", lw=1, ls="--")
         ax.set(xscale="log", xlabel="actual price (USD)", ylabel="log(predicted / actual)",
                title=f"{name}: median |residual| {np.median(np.abs(residual)):.2f}")
+        _plain_log_axis(ax.xaxis, usd)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -93,8 +116,8 @@ def plot_price_photos(rows: pd.DataFrame, photos: dict[str, np.ndarray], predict
             if r == 0:
                 ax.set_title(room, fontsize=9)
         rank = "highest" if r < count else "lowest"
-        axes[r][0].set_ylabel(f"{rank}\npred ${predicted[index] / 1e3:,.0f}k\n"
-                              f"true ${rows[target].iloc[index] / 1e3:,.0f}k", fontsize=8)
+        axes[r][0].set_ylabel(f"{rank}\npred {usd(predicted[index])}\n"
+                              f"true {usd(rows[target].iloc[index])}", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -109,6 +132,8 @@ def plot_loss_curves(histories: dict[str, pd.DataFrame],
         ax.plot(seconds, history["val_loss"], label=name)
     ax.set(xscale="log", yscale="log", xlabel="training time (s, log scale)",
            ylabel="validation MSE (standardised log price)", title=title)
+    _plain_log_axis(ax.xaxis)
+    _plain_log_axis(ax.yaxis)
     ax.legend()
     fig.tight_layout()
     return fig
