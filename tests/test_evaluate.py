@@ -199,6 +199,16 @@ def test_pareto_front_and_its_figure():
     assert labels == list("abcd")
     filled = [c for c in ax.collections if c.get_label() == "Pareto front"]
     assert len(filled) == 1 and len(filled[0].get_offsets()) == 2
+    assert not [c for c in ax.collections if "random init" in c.get_label()]
+    board["weights"] = ["imagenet", "NONE (RANDOM INIT: the ImageNet download failed)",
+                        "imagenet", "imagenet"]
+    board["collapsed"] = ["", "", "predicts 'x' for 100% of 100 images", ""]
+    ax = plot_accuracy_vs_latency(board, "ms", chance=0.25).axes[0]
+    marked = {c.get_label(): len(c.get_offsets()) for c in ax.collections}
+    assert marked["random init (no ImageNet weights)"] == 1
+    assert marked["collapsed (not ranked)"] == 1
+    assert [line.get_label() for line in ax.lines if line.get_linestyle() == ":"] == [
+        "chance (0.25)"]
 
 
 @pytest.fixture()

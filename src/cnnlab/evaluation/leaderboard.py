@@ -385,13 +385,18 @@ def evaluate_models(
 
 
 def plot_accuracy_vs_latency(board: pd.DataFrame, latency: str = "ms/image (batch 1)",
-                             title: str = "") -> Figure:
+                             title: str = "", chance: float | None = None) -> Figure:
     """Test accuracy (with its 95% interval) against latency, the Pareto front marked.
+
+    Models trained from random initialisation (``weights`` says ``random init``) are crossed
+    in orange and collapsed ones (a non-empty ``collapsed`` column) in red, each named in the
+    legend, so that neither passes for a transfer result.
 
     Args:
         board: From :func:`evaluate_models` (needs ``latency``, ``accuracy`` and its CI).
         latency: Latency column for the x axis (log scale).
         title: Figure title (default: test images and the latency device).
+        chance: Accuracy of guessing (``1 / classes``), drawn as a dotted line; None: none.
 
     Returns:
         The Figure: one point per model, filled and joined by a step line on the front.
@@ -412,6 +417,18 @@ def plot_accuracy_vs_latency(board: pd.DataFrame, latency: str = "ms/image (batc
                    label="Pareto front" if on_front else "dominated")
     edge = board[front].sort_values(latency)
     ax.step(edge[latency], edge["accuracy"], where="post", c="tab:blue", alpha=0.5, zorder=1)
+    weights = board["weights"].astype(str) if "weights" in board else pd.Series("", board.index)
+    collapsed = (board["collapsed"].fillna("").astype(str) != "") if "collapsed" in board \
+        else pd.Series(False, board.index)
+    for mask, colour, label in (
+            (weights.str.contains("random init", case=False), "tab:orange",
+             "random init (no ImageNet weights)"),
+            (collapsed, "tab:red", "collapsed (not ranked)")):
+        if mask.any():
+            ax.scatter(board.loc[mask, latency], board.loc[mask, "accuracy"], s=70, marker="x",
+                       c=colour, zorder=3, label=label)
+    if chance is not None:
+        ax.axhline(chance, ls=":", c="black", lw=1, zorder=1, label=f"chance ({chance:.3g})")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
