@@ -73,6 +73,11 @@ def test_all_seven_notebooks_run_on_sample_with_smoke_profile(project, offline_a
     from cnnlab.notebooks import check_notebooks
 
     assert check_notebooks(sorted(report.glob("*.ipynb"))) == []
+    histories = nbformat.read(report / "02_custom_cnn.ipynb", as_version=4)
+    ticks = [output["metadata"]["image/png"]["cnnlab"]["epoch_ticks"]
+             for cell in histories.cells for output in cell.get("outputs", [])
+             if "cnnlab" in output.get("metadata", {}).get("image/png", {})]
+    assert any(ticks)  # the epoch-tick check has figures to read
     meta = nbformat.read(report / "03_transfer_learning.ipynb", as_version=4).metadata
     assert "accelerator" not in meta  # a CPU run does not claim Colab's GPU
     assert meta["cnnlab"]["hardware"].startswith("CPU only: ")
