@@ -174,6 +174,7 @@ def test_a_twin_has_its_pretrained_twins_images_size_and_epoch_budget():
         args = {"train_images": 1060, "image_size": size}
         run = types.SimpleNamespace(read_args=lambda: args)
         return types.SimpleNamespace(name=name, weights="w", seconds=60.0, run=run,
+                                     train_minutes=1.0,
                                      history=pd.DataFrame({"val_accuracy": [accuracy] * epochs}))
 
     table = twin_comparison({"m": result("m", 160, 26, 0.85),

@@ -530,3 +530,14 @@ def test_a_crash_during_the_model_save_resumes_and_saves_without_retraining(
     assert result.run.path == run and json.loads((run / "state.json").read_text())[
         "status"] == "finished"
     assert (project.models / "sample-retail_cnn" / "model.keras").is_file()
+
+
+def test_train_minutes_is_one_definition_the_epochs_seconds():
+    import pandas as pd
+
+    from cnnlab.training.fitting import train_minutes
+
+    history = pd.DataFrame({"epoch": [0, 1, 2], "seconds": [30.0, 60.0, 90.0]})
+    assert train_minutes(history, fallback_seconds=999.0) == 3.0  # not the call's wall time
+    assert train_minutes(pd.DataFrame({"epoch": [0]}), 120.0) == 2.0
+    assert train_minutes(pd.DataFrame({"epoch": [0]})) is None

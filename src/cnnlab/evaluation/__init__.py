@@ -24,6 +24,7 @@ _EXPORTS = {
     "evaluate_models": "leaderboard",
     "plot_accuracy_vs_latency": "leaderboard",
     "leaderboard_markdown": "leaderboard",
+    "LEADERBOARD_SHOWN": "leaderboard",
     "write_leaderboard": "leaderboard",
     "CONFIDENCE": "metrics",
     "BOOTSTRAP_RESAMPLES": "metrics",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import keras
@@ -178,7 +178,8 @@ def training_record(meta: dict, checkpoints_dir: str | os.PathLike | None = None
         ``{"epochs", "train minutes", "train time from", "run folder"}``: epochs are the rows
         of the run's ``history.csv``; minutes are the sum of its per-epoch ``seconds`` column
         (every epoch, also those of an interrupted and resumed run) when the run folder has
-        one, else the sidecar's ``train_seconds``; None where neither exists.
+        one (``training.fitting.train_minutes``, the definition used everywhere), else the
+        sidecar's ``train_seconds``; None where neither exists.
     """
     run = meta.get("run_folder")
     epochs, seconds, source = None, meta.get("train_seconds"), "model sidecar"
@@ -486,16 +487,29 @@ def _interval(row: pd.Series, metric: str) -> str:
             f"{row[f'{metric} CI high']:.3f}]")
 
 
-def leaderboard_markdown(board: pd.DataFrame) -> str:
+# The leaderboard columns a notebook shows (the CSV keeps every column): what ranks the models,
+# what they score with intervals, what they cost, and what they started from.
+LEADERBOARD_SHOWN = ("model", "weights", "val accuracy", "accuracy", "accuracy CI low",
+                     "accuracy CI high", "macro-F1", "macro-F1 CI low", "macro-F1 CI high",
+                     "ms/image (batch 1)", "params", "image size", "epochs", "train minutes",
+                     "collapsed", "test images")
+
+
+def leaderboard_markdown(board: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
     """The leaderboard as a Markdown table, metrics written ``value [CI low, CI high]``.
 
     Args:
         board: From :func:`evaluate_models`.
+        columns: Columns to keep (those present, in this order; e.g. :data:`LEADERBOARD_SHOWN`
+            for a table that fits a notebook); None keeps every column.
 
     Returns:
         Markdown text (GitHub table) with the test-set size in the metric headers.
     """
-    table = board.copy()
+    table = board.copy() if columns is None else board[[c for c in columns if c in board]]
+    table = table.copy()
+    if "weights" in table:  # the start, without the local file name (the CSV has it)
+        table["weights"] = [str(w).split(" (local file")[0] for w in table["weights"]]
     n = int(table["test images"].iloc[0]) if "test images" in table else None
     level = f"{CONFIDENCE:.0%}"
     for metric in ("accuracy", "macro-F1"):

@@ -51,6 +51,7 @@ _EXPORTS = {
     "train_backbones": "fine_tuning",
     "twin_comparison": "fine_tuning",
     "twin_settings": "fine_tuning",
+    "train_minutes": "fitting",
     "fit": "fitting",
     "seed_everything": "fitting",
     "PRECISION_POLICIES": "fitting",

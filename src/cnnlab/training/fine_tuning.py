@@ -488,6 +488,6 @@ def twin_comparison(results: dict[str, TrainingResult]) -> pd.DataFrame:
                      "pretrained best val accuracy": round(best, 3),
                      "scratch best val accuracy": round(scratch, 3),
                      "pretrained - scratch": round(best - scratch, 3),
-                     "pretrained train min": round(pretrained.seconds / 60, 1),
-                     "scratch train min": round(twin.seconds / 60, 1)})
+                     "pretrained train minutes": pretrained.train_minutes,
+                     "scratch train minutes": twin.train_minutes})
     return pd.DataFrame(rows)

@@ -257,6 +257,24 @@ class TrainingData:
                 "val": split_fingerprint(self.val_rows)}
 
 
+def train_minutes(history: pd.DataFrame, fallback_seconds: float | None = None) -> float | None:
+    """``train minutes``, defined once: the sum of the epochs' wall-clock ``seconds`` in
+    ``history.csv`` (each epoch's training and validation, every epoch of a resumed run too),
+    rounded to 0.1. One-off work outside the epochs (stage 1's feature extraction, saving the
+    model) is not counted; it is printed where it happens.
+
+    Args:
+        history: A run's ``history.csv``.
+        fallback_seconds: Used when the history has no complete ``seconds`` column.
+
+    Returns:
+        Minutes, or None when neither is known.
+    """
+    if "seconds" in history and len(history) and history["seconds"].notna().all():
+        return round(float(history["seconds"].sum()) / 60, 1)
+    return None if fallback_seconds is None else round(fallback_seconds / 60, 1)
+
+
 @dataclass
 class TrainingResult:
     """What one training run produced.
@@ -285,6 +303,12 @@ class TrainingResult:
     feature_cache: bool = False
 
     @property
+    def train_minutes(self) -> float:
+        """Minutes of training, the one definition used wherever ``train minutes`` is shown:
+        :func:`train_minutes` of the run's history (``seconds`` of the call if it has none)."""
+        return train_minutes(self.history, self.seconds)
+
+    @property
     def is_pretrained(self) -> bool:
         """Whether the model started from pretrained weights (``pretrained`` in ``args.yaml``).
 
@@ -302,7 +326,7 @@ class TrainingResult:
                "epochs": len(self.history),
                "best val accuracy": round(float(self.history["val_accuracy"].max()), 4),
                "best epoch": int(self.history["epoch"].iloc[best]) + 1,
-               "train minutes": round(self.seconds / 60, 1)}
+               "train minutes": self.train_minutes}
         if "seconds" in self.history:
             seconds = self.history["seconds"]
             if self.stage_boundary:  # the two stages cost very different amounts per epoch
