@@ -1,0 +1,307 @@
+"""The five course projects cnnlab rebuilds: what each did and reported, beside our runs.
+
+:data:`COURSE_PROJECTS` is the registry: for each project, the course's dataset, models and
+reported figures (from its own write-up), the data it runs on here, how the two differ, where
+its published run lives under ``docs/`` and the commands that reproduce it, here and on the
+course's own dataset. :func:`publish_course_run` copies a finished ``cnnlab run`` of a project
+(its leaderboard and key figures) to ``docs/course_projects/<key>/``;
+:func:`course_projects_page` writes ``docs/course_projects.md`` from the registry and the
+published files, every number a link to the file it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cnnlab.config import ProjectDirs, project_dirs
+from cnnlab.files import write_text
+
+__all__ = ["CourseProject", "COURSE_PROJECTS", "PAGE_ASSET_BYTES", "publish_course_run",
+           "course_projects_page", "write_course_projects_page"]
+
+# The page's own files (tables and figures under docs/course_projects/) stay small.
+PAGE_ASSET_BYTES = 2 * 1024 * 1024
+# Figures a course-project run publishes, when its notebooks drew them.
+COURSE_FIGURES = ("05_confusion_counts.png", "03_val_accuracy.png", "05_accuracy_vs_latency.png",
+                  "06_inference.png")
+
+
+@dataclass(frozen=True)
+class CourseProject:
+    """One course project and where its rebuild is published.
+
+    Attributes:
+        key: Registry key, also the section anchor and ``docs/course_projects/<key>/``.
+        title: Section heading.
+        course_dataset: The course's dataset and its page.
+        course_models: What the course built.
+        course_reported: What it reported, in its own terms ("no figure" when none).
+        here: The data it runs on here.
+        differences: How the run here differs (stand-in data, offline weights).
+        results: Folder under ``docs/`` holding the run's tables: ``"results"`` (the main
+            run), ``"course_projects/<key>"``, or None when it is not run here.
+        tables: ``(file, kind)`` pairs in ``results``: kind ``"classification"`` (a
+            leaderboard) or ``"regression"`` (notebook 07's metrics).
+        command_here: The command that makes the run here.
+        command_course: The command that runs it on the course's own dataset.
+        not_run: Why it is not run here (with ``results`` None).
+    """
+
+    key: str
+    title: str
+    course_dataset: str
+    course_models: str
+    course_reported: str
+    here: str
+    differences: str
+    results: str | None
+    tables: tuple[tuple[str, str], ...]
+    command_here: str
+    command_course: str
+    not_run: str = ""
+
+
+_RUN = "cnnlab run --profile cpu --weights local --weights-dir ../shared/weights"
+COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in (
+    CourseProject(
+        "rpc", "Retail products (RPC)",
+        "Kaggle `diyer22/retail-product-checkout-dataset` (Wei et al. 2019, arXiv:1901.07249): "
+        "53,739 single-product photos of 200 products in 17 super-categories",
+        "a custom CNN, InceptionV3 frozen then fine-tuned, curves, confusion matrices, sample "
+        "predictions, and a pretrained DeepLab segmenting drink products as `bottle`",
+        "no figure", "not run here: the dataset is a Kaggle download of 24 GB",
+        "the Kaggle download and the COCO-to-17-super-category decoding are tested on fixtures "
+        "(`tests/test_datasets.py`)", None, (),
+        "", "cnnlab run --dataset rpc --profile gpu --backbones inception_v3",
+        not_run="the 24 GB Kaggle download is not reachable from this machine"),
+    CourseProject(
+        "cards", "Playing cards",
+        "Kaggle `gpiosenka/cards-image-datasetclassification`: 53 classes, 7,624 training "
+        "images, its own 265-image test split",
+        "MobileNetV3 + global average pooling + dense head, best weights checkpointed, the final "
+        "model saved as .h5 and loaded by a deployment notebook",
+        "\"97.5%\" test accuracy on 40 test images; validation accuracy 0.89-0.92",
+        "the cards subset of ../shared (60 training images per class, the full validation and "
+        "test splits)",
+        "a 60-per-class training subset; ImageNet weights from local files (MobileNetV3Small "
+        "0.75, MobileNetV2)", "results", (("leaderboard.csv", "classification"),),
+        f"{_RUN} --dataset cards --data-dir ../shared/datasets/cards",
+        "cnnlab run --dataset cards --profile gpu"),
+    CourseProject(
+        "vehicles", "Vehicles",
+        "car, bus, truck and motorcycle photos (the course's own folder)",
+        "two custom CNNs (one with BatchNorm) and a frozen VGG16; precision, recall and F1 per "
+        "class, confusion matrices, visualkeras diagrams", "no figure",
+        "Zenodo 6634554 (../shared/datasets/vehicles): 6 classes of small 100x100 photos",
+        "6 classes as the data has them instead of the course's 4; VGG16 has no ImageNet file "
+        "offline and trains from scratch with its recipe; a MobileNet fine-tuned from ImageNet "
+        "beside it", "course_projects/vehicles", (("leaderboard.csv", "classification"),),
+        f"{_RUN} --dataset vehicles --data-dir ../shared/datasets/vehicles --classes all "
+        "--custom-models retail_cnn,vehicles_cnn_bn --backbones vgg16,mobilenet_v2 "
+        "--only 01,02,03,05,06 --run-id vehicles-cpu",
+        "cnnlab run --dataset vehicles --data-dir PATH/TO/VEHICLES --profile gpu "
+        "--backbones vgg16"),
+    CourseProject(
+        "weather", "Weather",
+        "Kaggle `jehanbhathena/weather-dataset`: 6,862 photos of 11 weather phenomena",
+        "EfficientNet against DenseNet, then predictions on the students' own photos",
+        "EfficientNetB7 76.04% and DenseNet201 84.34% test accuracy on the 11-class set",
+        "the Multi-class Weather Dataset (Ajayi 2018, doi:10.17632/4drtyfjtfy.1; "
+        "../shared/datasets/weather-mwd): 1,121 photos of 4 classes",
+        "4 classes instead of 11; EfficientNetB0 and DenseNet121 (no ImageNet files offline) "
+        "train from scratch with their recipes, a MobileNet fine-tuned from ImageNet beside "
+        "them; the new photos are the Houses dataset's frontal photos",
+        "course_projects/weather", (("leaderboard.csv", "classification"),),
+        f"{_RUN} --dataset weather-mwd --data-dir ../shared/datasets/weather-mwd "
+        "--backbones efficientnet_b0,densenet121,mobilenet_v2 --only 01,03,05,06 "
+        "--run-id weather-cpu",
+        "cnnlab run --dataset weather --profile gpu --backbones efficientnet_b0,densenet121"),
+    CourseProject(
+        "airbnb", "House and Airbnb prices (mixed data)",
+        "Airbnb Madrid listings (OpenDataSoft export, 2017) with their photos, which are gone",
+        "an MLP on the columns, a CNN and VGG16 on the photos, and a fused image + tabular model",
+        "MLP R² 0.69, with the weekly and monthly price columns (near-copies of the target) "
+        "kept",
+        "the course's own 1,000 listings as CSVs (../shared/datasets/airbnb-madrid) and, for the "
+        "photos, the Houses dataset (Ahmed & Moustafa 2016): 535 houses, 4 photos each",
+        "house prices stand in for the listings whose photos are gone; the leaking columns are "
+        "dropped (the course recipe is scored beside)", "results",
+        (("07_metrics.csv", "regression"), ("07_airbnb_metrics.csv", "regression")),
+        f"{_RUN} --only 07 --mixed-data-dir ../shared/datasets/houses "
+        "--airbnb-data-dir ../shared/datasets/airbnb-madrid",
+        "cnnlab run --only 07 --mixed-dataset houses"),
+)}
+
+
+def publish_course_run(key: str, run_id: str, dirs: ProjectDirs | None = None) -> list[Path]:
+    """Copies a course project's finished run to ``docs/course_projects/<key>/``.
+
+    The run's leaderboard (``reports/<run_id>/leaderboard.csv``), the figures of
+    :data:`COURSE_FIGURES` it drew and ``run.json`` (run id, hardware, parameters) are written,
+    each to a temporary name and then renamed.
+
+    Args:
+        key: A project of :data:`COURSE_PROJECTS` published under ``course_projects/``.
+        run_id: Its ``cnnlab run --run-id``.
+        dirs: Project folders.
+
+    Returns:
+        The files written.
+
+    Raises:
+        KeyError: If ``key`` is not such a project.
+        FileNotFoundError: If the run or its leaderboard is missing (the message names the
+            command that makes it).
+        ValueError: If ``scripts/check_notebooks.py`` would fail on the run's notebooks.
+    """
+    import nbformat
+
+    from cnnlab.notebooks import check_notebooks
+    from cnnlab.results import _copy
+
+    project = COURSE_PROJECTS.get(key)
+    if project is None or project.results != f"course_projects/{key}":
+        published = [k for k, p in COURSE_PROJECTS.items()
+                     if p.results == f"course_projects/{k}"]
+        raise KeyError(f"{key!r} is not a course project published on its own; choose one of "
+                       f"{published}")
+    dirs = dirs or project_dirs()
+    report = dirs.reports / run_id
+    if not (report / "leaderboard.csv").is_file():
+        raise FileNotFoundError(f"reports/{run_id}/leaderboard.csv is missing; make the run "
+                                f"with: {project.command_here}")
+    notebooks = sorted(report.glob("*.ipynb"))
+    problems = check_notebooks(notebooks)
+    if problems:
+        raise ValueError("not published:\n" + "\n".join(problems))
+    target = dirs.root / "docs" / project.results
+    written = []
+    for source in [report / "leaderboard.csv",
+                   *(report / "figures" / name for name in COURSE_FIGURES)]:
+        if source.is_file():
+            _copy(source, target / source.name)
+            written.append(target / source.name)
+    meta = nbformat.read(notebooks[0], as_version=4).metadata if notebooks else {}
+    facts = {"run_id": run_id,
+             "hardware": meta.get("cnnlab", {}).get("hardware", "not recorded"),
+             "parameters": meta.get("papermill", {}).get("parameters", {})}
+    write_text(target / "run.json", json.dumps(facts, indent=1, default=str) + "\n")
+    written.append(target / "run.json")
+    return written
+
+
+def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _classification_rows(table: pd.DataFrame, link: str) -> list[str]:
+    """Leaderboard rows, chosen on validation first; every number links to ``link``."""
+    for column in ("val accuracy", "accuracy", "accuracy CI low", "accuracy CI high"):
+        if column not in table:
+            raise ValueError(f"{link} has no {column!r} column; rerun notebook 05")
+    ranked = table.sort_values("val accuracy", ascending=False, kind="stable")
+    lines = ["| model | starts from | val accuracy | test accuracy [95% CI] (n) | "
+             "train minutes |", "|---|---|---|---|---|"]
+    for _, row in ranked.iterrows():
+        weights = str(row.get("weights", "")).split(" (local file")[0]
+        collapsed = str(row.get("collapsed", "") if pd.notna(row.get("collapsed")) else "")
+        name = f"`{row['model']}`" + (f" (collapsed: {collapsed})" if collapsed else "")
+        test = _interval(row["accuracy"], row["accuracy CI low"], row["accuracy CI high"])
+        minutes = row.get("train minutes")
+        minutes = f"[{minutes:.1f}]({link})" if pd.notna(minutes) else "–"
+        lines.append(f"| {name} | {weights} | [{row['val accuracy']:.3f}]({link}) | "
+                     f"[{test} (n={int(row['test images'])})]({link}) | {minutes} |")
+    return lines
+
+
+def _regression_rows(table: pd.DataFrame, link: str) -> list[str]:
+    """Notebook 07's metrics rows, by validation MAPE where the table has it."""
+    if "val MAPE %" in table:
+        table = table.sort_values("val MAPE %", kind="stable")
+    lines = ["| model | inputs | test MAPE % [95% CI] | R² [95% CI] | n |", "|---|---|---|---|---|"]
+    for _, row in table.iterrows():
+        inputs = row.get("inputs") if pd.notna(row.get("inputs")) else "–"
+        mape = _interval(row["MAPE %"], row["MAPE % low"], row["MAPE % high"], 1)
+        r2 = _interval(row["R2"], row["R2 low"], row["R2 high"]) if "R2" in row else "–"
+        lines.append(f"| `{row['model']}` | {inputs} | [{mape}]({link}) | [{r2}]({link}) | "
+                     f"{int(row['n'])} |")
+    return lines
+
+
+_ROWS = {"classification": _classification_rows, "regression": _regression_rows}
+
+
+def course_projects_page(docs: str | os.PathLike) -> str:
+    """``docs/course_projects.md``: a section per course project, the course beside ours.
+
+    Args:
+        docs: The ``docs/`` folder holding the published runs (``results/`` and
+            ``course_projects/<key>/``).
+
+    Returns:
+        The page's Markdown, links relative to ``docs/``.
+
+    Raises:
+        FileNotFoundError: If a project's published table is missing (the message names the
+            command that makes the run).
+    """
+    docs = Path(docs)
+    lines = ["# The course projects, rebuilt", "",
+             "Each of the five course projects cnnlab rebuilds: what the course did and "
+             "reported (from its own write-up), beside what the rebuild reaches on the data "
+             "here, whole test splits with 95% intervals, models ordered by validation "
+             "accuracy (the test split never chose). Every number links to the file it "
+             "comes from. Generated by `python scripts/course_projects.py`.", ""]
+    for project in COURSE_PROJECTS.values():
+        lines += [f"## {project.title}", "",
+                  f"- **Course dataset:** {project.course_dataset}.",
+                  f"- **The course built:** {project.course_models}.",
+                  f"- **It reported:** {project.course_reported}.",
+                  f"- **Here:** {project.here}.",
+                  f"- **Differences:** {project.differences}.", ""]
+        if project.results is None:
+            lines += [f"Not run here: {project.not_run}. On a machine that reaches Kaggle:", "",
+                      f"```bash\n{project.command_course}\n```", ""]
+            continue
+        folder = docs / project.results
+        run = folder / "run.json"
+        if run.is_file():
+            facts = json.loads(run.read_text())
+            lines += [f"Run `{facts['run_id']}` ({facts['hardware']}).", ""]
+        for name, kind in project.tables:
+            path = folder / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing; make the run with: "
+                                        f"{project.command_here}")
+            link = f"{project.results}/{name}"
+            lines += [f"From [{name}]({link}):", "", *_ROWS[kind](pd.read_csv(path), link), ""]
+        figures = sorted(p.name for p in folder.glob("*.png"))
+        lines += [f"![{name}]({project.results}/{name})" for name in figures]
+        lines += ["" if figures else "", "Reproduce here, then on the course's own dataset:", "",
+                  f"```bash\n{project.command_here}\n{project.command_course}\n```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_course_projects_page(dirs: ProjectDirs | None = None) -> Path:
+    """Writes ``docs/course_projects.md`` (temporary name, then renamed).
+
+    Raises:
+        FileNotFoundError: As :func:`course_projects_page`.
+        ValueError: If the page's assets under ``docs/course_projects/`` pass
+            :data:`PAGE_ASSET_BYTES`.
+    """
+    dirs = dirs or project_dirs()
+    docs = dirs.root / "docs"
+    text = course_projects_page(docs)
+    assets = sum(p.stat().st_size for p in (docs / "course_projects").rglob("*") if p.is_file())
+    if assets > PAGE_ASSET_BYTES:
+        raise ValueError(f"docs/course_projects/ holds {assets / 1048576:.1f} MiB, over "
+                         f"{PAGE_ASSET_BYTES / 1048576:.0f} MiB: publish smaller figures")
+    page = docs / "course_projects.md"
+    write_text(page, text)
+    return page

@@ -1,0 +1,98 @@
+"""The course-projects page: every project a section, every number a link to its file."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from cnnlab.course_projects import COURSE_PROJECTS, course_projects_page
+
+
+def _leaderboard(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def _board_row(model, val, acc, weights="imagenet (local file x.h5)", collapsed=""):
+    return {"model": model, "val accuracy": val, "accuracy": acc, "accuracy CI low": acc - 0.05,
+            "accuracy CI high": acc + 0.03, "test images": 180, "train minutes": 2.5,
+            "weights": weights, "collapsed": collapsed}
+
+
+def _metrics(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"model": m, "n": 134, "MAPE %": v, "MAPE % low": v - 4, "MAPE % high": v + 5,
+                   "R2": 0.6, "R2 low": 0.4, "R2 high": 0.75, "inputs": "tabular",
+                   "val MAPE %": v - 1} for m, v in (("mlp", 30.4), ("fusion", 27.0))]
+                 ).to_csv(path, index=False)
+
+
+def test_the_page_has_every_project_and_links_every_number(tmp_path):
+    docs = tmp_path / "docs"
+    _leaderboard(docs / "results" / "leaderboard.csv",
+                 [_board_row("mobilenet_v2", 0.85, 0.81), _board_row("retail_cnn", 0.6, 0.62,
+                                                                     "none (custom CNN)")])
+    _metrics(docs / "results" / "07_metrics.csv")
+    _metrics(docs / "results" / "07_airbnb_metrics.csv")
+    for key in ("vehicles", "weather"):
+        _leaderboard(docs / "course_projects" / key / "leaderboard.csv",
+                     [_board_row("vgg16", 0.7, 0.68, "NONE (RANDOM INIT)"),
+                      _board_row("mobilenet_v2", 0.97, 0.96),
+                      _board_row("efficientnet_b0", 0.26, 0.25, "none", "predicts 'a' for 100%")])
+        (docs / "course_projects" / key / "run.json").write_text(json.dumps(
+            {"run_id": f"{key}-cpu", "hardware": "CPU only: 2 cores"}))
+    page = course_projects_page(docs)
+    for project in COURSE_PROJECTS.values():
+        assert f"## {project.title}" in page
+    assert "EfficientNetB7 76.04%" in page and "\"97.5%\"" in page and "R² 0.69" in page
+    assert "Not run here" in page and "cnnlab run --dataset rpc" in page
+    vehicles = page.split("## Vehicles")[1].split("## Weather")[0]
+    models = re.findall(r"^\| `(\w+)`", vehicles, flags=re.M)
+    assert models == ["mobilenet_v2", "vgg16", "efficientnet_b0"]  # by validation accuracy
+    assert "collapsed: predicts 'a'" in vehicles and "Run `vehicles-cpu`" in vehicles
+    for line in page.splitlines():  # every number of a results row is a link
+        if line.startswith("| `"):
+            for cell in line.split("|")[3:5]:
+                assert re.fullmatch(r"\s*\[.+\]\([\w/.]+\.csv\)\s*", cell), line
+    for target in re.findall(r"\]\(([\w/.]+)\)", page):
+        assert (docs / target).is_file(), target
+    (docs / "course_projects" / "weather" / "leaderboard.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="--run-id weather-cpu"):
+        course_projects_page(docs)
+
+
+def test_a_course_run_is_published_under_its_project(project):
+    import nbformat
+
+    from cnnlab.course_projects import publish_course_run
+
+    report = project.reports / "vehicles-cpu"
+    _leaderboard(report / "leaderboard.csv", [_board_row("vgg16", 0.7, 0.68)])
+    (report / "figures").mkdir()
+    (report / "figures" / "05_confusion_counts.png").write_bytes(b"png")
+    (report / "figures" / "01_class_counts.png").write_bytes(b"png")  # not a page figure
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["papermill"] = {"parameters": {"run_id": "vehicles-cpu",
+                                                     "dataset": "vehicles"}}
+    notebook.metadata["cnnlab"] = {"hardware": "CPU only: 2 cores"}
+    nbformat.write(notebook, report / "01_download_eda.ipynb")
+    written = publish_course_run("vehicles", "vehicles-cpu", project)
+    folder = project.root / "docs" / "course_projects" / "vehicles"
+    assert sorted(p.name for p in written) == ["05_confusion_counts.png", "leaderboard.csv",
+                                               "run.json"]
+    facts = json.loads((folder / "run.json").read_text())
+    assert facts["run_id"] == "vehicles-cpu" and facts["hardware"] == "CPU only: 2 cores"
+    with pytest.raises(KeyError, match="not a course project published on its own"):
+        publish_course_run("cards", "vehicles-cpu", project)
+    with pytest.raises(FileNotFoundError, match="--run-id weather-cpu"):
+        publish_course_run("weather", "missing", project)
+    noisy = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x", execution_count=1)
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="see ../shared\n")]
+    noisy.cells = [cell]
+    nbformat.write(noisy, report / "02_custom_cnn.ipynb")
+    with pytest.raises(ValueError, match="not published"):
+        publish_course_run("vehicles", "vehicles-cpu", project)
