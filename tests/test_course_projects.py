@@ -96,3 +96,15 @@ def test_a_course_run_is_published_under_its_project(project):
     nbformat.write(noisy, report / "02_custom_cnn.ipynb")
     with pytest.raises(ValueError, match="not published"):
         publish_course_run("vehicles", "vehicles-cpu", project)
+
+
+def test_every_command_parses_with_cnnlab_run():
+    import shlex
+
+    from cnnlab.cli import _parser
+
+    for project in COURSE_PROJECTS.values():
+        for command in filter(None, (project.command_here, project.command_course)):
+            words = shlex.split(command)
+            assert words[:2] == ["cnnlab", "run"], command
+            _parser().parse_args(words[1:])  # exits (SystemExit) on an unknown option
