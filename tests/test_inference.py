@@ -157,3 +157,20 @@ def test_predict_files_of_only_bad_files_or_none_keeps_the_columns(classifier, t
     empty = classifier.predict_files([])
     assert list(empty.columns) == ["file", "rank", "class", "probability", "error"]
     assert empty.empty
+
+
+def test_photos_from_outside_the_dataset_are_picked_by_pattern_and_seed(tmp_path):
+    from cnnlab.deploy.inference import pick_files
+
+    for i in range(10):
+        (tmp_path / f"{i}_frontal.jpg").write_bytes(b"x")
+        (tmp_path / f"{i}_kitchen.jpg").write_bytes(b"x")
+    picked = pick_files(tmp_path, "*_frontal.jpg", count=6, seed=1)
+    assert len(picked) == 6 and all(p.name.endswith("_frontal.jpg") for p in picked)
+    assert picked == sorted(picked) == pick_files(tmp_path, "*_frontal.jpg", 6, seed=1)
+    assert picked != pick_files(tmp_path, "*_frontal.jpg", 6, seed=2)
+    assert len(pick_files(tmp_path, "*_frontal.jpg", count=50)) == 10
+    with pytest.raises(FileNotFoundError, match="matches '\\*.png'"):
+        pick_files(tmp_path, "*.png")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        pick_files(tmp_path / "missing")

@@ -43,6 +43,9 @@ def test_all_seven_notebooks_run_on_sample_with_smoke_profile(project, offline_a
     timings = run_notebooks({"dataset": "sample", "profile": "smoke", "weights": "local",
                              "weights_dir": offline_assets / "weights",
                              "mixed_data_dir": offline_assets / "datasets" / "houses",
+                             "images_dir": offline_assets / "datasets" / "houses"
+                             / "Houses Dataset",
+                             "images_glob": "*_frontal.jpg",
                              "airbnb_data_dir": offline_assets / "datasets" / "airbnb-madrid"},
                             run_id="smoke", dirs=project, log_output=False)
     assert timings["notebook"].tolist() == list(NOTEBOOKS)
@@ -56,7 +59,10 @@ def test_all_seven_notebooks_run_on_sample_with_smoke_profile(project, offline_a
                                       "mobilenet_v3_small_075_scratch", "retail_cnn"]
     assert "pretrained - scratch" in transfer  # the twin comparison table
     assert (board["test images"] == board["test images"].iloc[0]).all()
-    assert "best validation accuracy" in _outputs(report / "06_inference.ipynb")
+    inference = _outputs(report / "06_inference.ipynb")
+    assert "best validation accuracy" in inference
+    assert "6 photos from outside the dataset (*_frontal.jpg in the folder 'Houses Dataset')" \
+        in inference and "_frontal.jpg (outside the dataset): " in inference
     mixed = _outputs(report / "07_mixed_data_regression.ipynb")
     assert "Houses dataset (Ahmed & Moustafa 2016): 535 rows" in mixed
     assert "dropped weekly_price" in mixed and "course recipe (leaking columns kept)" in mixed

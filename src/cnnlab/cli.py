@@ -56,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--segment-dataset", help="dataset segmented in notebook 04 "
                      "(default: --dataset)")
     run.add_argument("--segment-data-dir", help="folder of images for notebook 04")
-    run.add_argument("--images-dir", help="folder of new images for notebook 06")
+    run.add_argument("--images-dir", help="folder of photos from outside the dataset for "
+                     "notebook 06 to classify")
+    run.add_argument("--images-glob", default="*",
+                     help="which files of --images-dir (a glob pattern, e.g. '*_frontal.jpg')")
     run.add_argument("--model-name", help="model deployed in notebook 06 (default: best)")
     run.add_argument("--mixed-dataset", default="houses",
                      choices=("houses", "sample_houses", "airbnb"),
@@ -207,6 +210,7 @@ def _run(args) -> int:
         "image_size": args.image_size, "classes": _csv(args.classes),
         "split_rule": args.split_rule, "segment_dataset": args.segment_dataset,
         "segment_data_dir": args.segment_data_dir, "images_dir": args.images_dir,
+        "images_glob": args.images_glob,
         "model_name": args.model_name, "strategy": args.strategy,
         "mixed_dataset": args.mixed_dataset, "mixed_data_dir": args.mixed_data_dir,
         "airbnb_data_dir": args.airbnb_data_dir,

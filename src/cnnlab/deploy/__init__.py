@@ -27,6 +27,7 @@ _EXPORTS = {
     "export_deployment": "export",
     "Classifier": "inference",
     "demo_images": "inference",
+    "pick_files": "inference",
     "best_validation_accuracy": "inference",
     "choose_model": "inference",
 }

@@ -175,6 +175,37 @@ def demo_images(rows: pd.DataFrame, out_dir: str | os.PathLike, count: int = 4,
     return written
 
 
+def pick_files(folder: str | os.PathLike, pattern: str = "*", count: int = 6,
+               seed: int = 0) -> list[Path]:
+    """Up to ``count`` files of ``folder`` matching ``pattern``, picked at random by ``seed``.
+
+    For classifying photos from outside the dataset (e.g. the Houses dataset's
+    ``*_frontal.jpg`` photos for a weather model): the pick is the same on every run with the
+    same seed, and returned sorted by name.
+
+    Args:
+        folder: A folder of files (not searched recursively).
+        pattern: ``glob`` pattern of the files to consider.
+        count: Most files returned.
+        seed: Sampling seed.
+
+    Raises:
+        FileNotFoundError: If ``folder`` is not a folder or holds no file matching
+            ``pattern`` (the message names both).
+    """
+    import random
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; set images_dir to a folder of "
+                                f"photos")
+    files = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no file in {folder} matches {pattern!r}; set images_glob "
+                                f"to a pattern of its files (e.g. '*.jpg')")
+    return sorted(random.Random(seed).sample(files, min(count, len(files))))
+
+
 def best_validation_accuracy(model: str | os.PathLike,
                              checkpoints_dir: str | os.PathLike) -> float | None:
     """The best ``val_accuracy`` in the history of the run that trained ``model``, or None.
