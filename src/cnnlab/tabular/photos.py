@@ -51,7 +51,7 @@ def load_photos(data: TabularData, image_size: int, dirs: ProjectDirs | None = N
             photos = {room: cached[room] for room in data.spec.rooms}
         if verbose:
             print(f"photos: {len(data.frame)} x {len(photos)} rooms at {image_size} px from the "
-                  f"cache {display_path(path)}")
+                  f"cache {display_path(path.parent)}/")
         return photos
     photos = {room: np.stack([load_image(data.root / p, image_size).astype(np.uint8)
                               for p in data.frame[room]]) for room in data.spec.rooms}
@@ -60,7 +60,7 @@ def load_photos(data: TabularData, image_size: int, dirs: ProjectDirs | None = N
         np.savez(handle, **photos)
     if verbose:
         print(f"photos: decoded {len(data.frame)} x {len(photos)} rooms at {image_size} px, "
-              f"cached as {display_path(path)}")
+              f"cached as {display_path(path.parent)}/")
     return photos
 
 
@@ -89,7 +89,7 @@ def encode_photos(data: TabularData, photos: dict[str, np.ndarray], encoder, tag
         with np.load(path) as cached:
             features = {room: cached[room] for room in photos}
         if verbose:
-            print(f"features: {tag} from the cache {display_path(path)}")
+            print(f"features: {tag} from the cache {display_path(path.parent)}/")
         return features
     features = {room: encoder.predict(images.astype(np.float32), batch_size=batch_size,
                                       verbose=0).astype(np.float32)
@@ -100,5 +100,5 @@ def encode_photos(data: TabularData, photos: dict[str, np.ndarray], encoder, tag
     if verbose:
         dim = next(iter(features.values())).shape[1]
         print(f"features: {tag}, {len(data.frame)} x {len(features)} photos -> {dim} values "
-              f"each, cached as {display_path(path)}")
+              f"each, cached as {display_path(path.parent)}/")
     return features

@@ -190,7 +190,8 @@ class FeatureCache:
             with np.load(path) as stored:
                 features, cached_labels = stored["features"], stored["labels"]
             if len(features) == len(rows) and np.array_equal(cached_labels, labels):
-                print(f"{split}: {len(rows)} feature vectors read from {display_path(path)}")
+                print(f"{split}: {len(rows)} feature vectors read from "
+                      f"{display_path(path.parent)}/")
                 return features, labels
         from cnnlab.data.pipeline import make_dataset
 
@@ -208,7 +209,8 @@ class FeatureCache:
             "dtype_policy": self.extractor.dtype_policy.name, "keras": keras.__version__,
             "tensorflow": tf.__version__})
         print(f"{split}: {len(rows)} feature vectors computed in {seconds:.1f} s "
-              f"({len(rows) / max(seconds, 1e-9):.0f} img/s), cached in {display_path(path)}")
+              f"({len(rows) / max(seconds, 1e-9):.0f} img/s), cached in "
+              f"{display_path(path.parent)}/")
         return features, labels
 
 
