@@ -20,7 +20,7 @@ ARGS ?=
 # A local copy of the DeepLab TFLite models, if this checkout has ../shared beside it.
 export CNNLAB_DEEPLAB_DIR ?= $(abspath $(firstword $(wildcard ../shared/models/deeplab)))
 
-.PHONY: install run test test-colab test-fast lint lab check-notebooks bench bench-make-run clean
+.PHONY: install run test test-colab test-fast lint lab check-notebooks bench bench-make-run course-projects clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,12 @@ bench: install
 # make run from an empty project folder, timed: docs/benchmarks/make_run.{json,md}.
 bench-make-run: install
 	$(BIN)/python benchmarks/make_run.py $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR))
+
+# The vehicles and weather course projects on ../shared (docs/course_projects.md): each runs its
+# registry command (cnnlab.course_projects), is published, and the page is written.
+course-projects: install
+	$(BIN)/python scripts/course_projects.py --run vehicles
+	$(BIN)/python scripts/course_projects.py --run weather
 
 clean:
 	rm -rf $(VENV) $(COLAB_VENV) build src/*.egg-info

@@ -3,6 +3,7 @@
 Usage:
   python scripts/course_projects.py               # the page, from what is published
   python scripts/course_projects.py KEY RUN_ID    # publish reports/RUN_ID as KEY, then the page
+  python scripts/course_projects.py --run KEY     # run KEY's command here, publish, the page
 
 See ``cnnlab.course_projects``; nothing is published if ``scripts/check_notebooks.py`` would
 fail on the run's notebooks.
@@ -10,9 +11,14 @@ fail on the run's notebooks.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
-from cnnlab.course_projects import publish_course_run, write_course_projects_page
+from cnnlab.course_projects import (
+    publish_course_run,
+    run_course_project,
+    write_course_projects_page,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -20,11 +26,14 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     try:
-        if argv:
+        if argv and argv[0] == "--run":
+            for path in run_course_project(argv[1]):
+                print(path)
+        elif argv:
             for path in publish_course_run(*argv):
                 print(path)
         print(write_course_projects_page())
-    except (KeyError, FileNotFoundError, ValueError) as error:
+    except (KeyError, FileNotFoundError, ValueError, subprocess.CalledProcessError) as error:
         print(error, file=sys.stderr)
         return 1
     return 0

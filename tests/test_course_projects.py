@@ -108,3 +108,12 @@ def test_every_command_parses_with_cnnlab_run():
             words = shlex.split(command)
             assert words[:2] == ["cnnlab", "run"], command
             _parser().parse_args(words[1:])  # exits (SystemExit) on an unknown option
+
+
+def test_each_published_project_names_its_run():
+    from cnnlab.course_projects import run_id_of
+
+    for key in ("vehicles", "weather"):
+        assert run_id_of(COURSE_PROJECTS[key]) == f"{key}-cpu"
+    with pytest.raises(ValueError, match="names no --run-id"):
+        run_id_of(COURSE_PROJECTS["cards"])

@@ -22,7 +22,8 @@ from cnnlab.config import ProjectDirs, project_dirs
 from cnnlab.files import write_text
 
 __all__ = ["CourseProject", "COURSE_PROJECTS", "PAGE_ASSET_BYTES", "publish_course_run",
-           "course_projects_page", "write_course_projects_page"]
+           "run_id_of", "run_course_project", "course_projects_page",
+           "write_course_projects_page"]
 
 # The page's own files (tables and figures under docs/course_projects/) stay small.
 PAGE_ASSET_BYTES = 2 * 1024 * 1024
@@ -98,12 +99,13 @@ COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in
         "two custom CNNs (one with BatchNorm) and a frozen VGG16; precision, recall and F1 per "
         "class, confusion matrices, visualkeras diagrams", "no figure",
         "Zenodo 6634554 (../shared/datasets/vehicles): 6 classes of small 100x100 photos",
-        "6 classes as the data has them instead of the course's 4; VGG16 has no ImageNet file "
+        "6 classes as the data has them instead of the course's 4, at 96 px (the photos are "
+        "100x100); VGG16 has no ImageNet file "
         "offline and trains from scratch with its recipe; a MobileNet fine-tuned from ImageNet "
         "beside it", "course_projects/vehicles", (("leaderboard.csv", "classification"),),
         f"{_RUN} --dataset vehicles --data-dir ../shared/datasets/vehicles --classes all "
         "--custom-models retail_cnn,vehicles_cnn_bn --backbones vgg16,mobilenet_v2 "
-        "--only 01,02,03,05,06 --run-id vehicles-cpu",
+        "--image-size 96 --only 01,02,03,05,06 --run-id vehicles-cpu",
         "cnnlab run --dataset vehicles --data-dir PATH/TO/VEHICLES --profile gpu "
         "--backbones vgg16"),
     CourseProject(
@@ -119,6 +121,7 @@ COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in
         "course_projects/weather", (("leaderboard.csv", "classification"),),
         f"{_RUN} --dataset weather-mwd --data-dir ../shared/datasets/weather-mwd "
         "--backbones efficientnet_b0,densenet121,mobilenet_v2 --only 01,03,05,06 "
+        "--images-dir '../shared/datasets/houses/Houses Dataset' --images-glob '*_frontal.jpg' "
         "--run-id weather-cpu",
         "cnnlab run --dataset weather --profile gpu --backbones efficientnet_b0,densenet121"),
     CourseProject(
@@ -193,6 +196,38 @@ def publish_course_run(key: str, run_id: str, dirs: ProjectDirs | None = None) -
     write_text(target / "run.json", json.dumps(facts, indent=1, default=str) + "\n")
     written.append(target / "run.json")
     return written
+
+
+def run_id_of(project: CourseProject) -> str:
+    """The ``--run-id`` of a project's ``command_here``.
+
+    Raises:
+        ValueError: If the command names none.
+    """
+    import shlex
+
+    words = shlex.split(project.command_here)
+    if "--run-id" not in words:
+        raise ValueError(f"{project.key}: its command names no --run-id")
+    return words[words.index("--run-id") + 1]
+
+
+def run_course_project(key: str, dirs: ProjectDirs | None = None) -> list[Path]:
+    """Runs a course project's ``command_here`` (``cnnlab run`` in this Python), then
+    publishes it (:func:`publish_course_run`).
+
+    Raises:
+        KeyError: If ``key`` is not a project published on its own.
+        subprocess.CalledProcessError: If the run fails (its output was shown).
+    """
+    import shlex
+    import subprocess
+    import sys
+
+    project = COURSE_PROJECTS[key]
+    words = shlex.split(project.command_here)
+    subprocess.run([sys.executable, "-m", "cnnlab.cli", *words[1:]], check=True)
+    return publish_course_run(key, run_id_of(project), dirs)
 
 
 def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
