@@ -213,3 +213,9 @@ def test_prices_and_log_axes_read_as_plain_numbers():
     major = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
     assert major and not any("10^" in text or "times" in text for text in major)
     plt.close("all")
+
+
+def test_class_names_in_small_titles_are_wrapped_never_cut():
+    assert plots.fit_label("seven of diamonds") == "seven of diamonds"
+    assert plots.fit_label("a very long class name indeed") == "a very long class\nname indeed"
+    assert plots.fit_label(3) == "3"

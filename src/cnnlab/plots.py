@@ -126,6 +126,14 @@ def plot_class_counts(counts: pd.DataFrame, title: str = "Images per class") -> 
     return fig
 
 
+def fit_label(label, width: int = 18) -> str:
+    """A class name for a small title: whole, wrapped onto lines of ``width`` characters at
+    spaces, never cut ("seven of diamonds", not "seven of diamond")."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(label), width, break_long_words=False)) or str(label)
+
+
 def _grid(n: int, cols: int, size: float = 1.6):
     rows = max(1, math.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.1), squeeze=False)
@@ -152,7 +160,7 @@ def plot_class_samples(rows: pd.DataFrame, per_class: int = 1, max_classes: int 
     fig, axes = _grid(len(picks), min(cols, len(picks)))
     for ax, (_, row) in zip(axes, picks.iterrows()):
         ax.imshow(load_image(row["file"]).astype(np.uint8))
-        ax.set_title(str(row["label"])[:18], fontsize=7)
+        ax.set_title(fit_label(row["label"]), fontsize=7)
     classes = picks["label"].nunique()
     fig.suptitle(title or f"{per_class} random image{'s' * (per_class > 1)} of each of "
                           f"{classes} classes")
@@ -429,7 +437,8 @@ def plot_predictions(rows: pd.DataFrame, y_pred: np.ndarray, class_names: list[s
         true, pred = int(rows["label_index"].iloc[i]), int(y_pred[i])
         ax.imshow(load_image(rows["file"].iloc[i]).astype(np.uint8))
         p = f" {probs[i, pred]:.2f}" if probs is not None else ""
-        ax.set_title(f"true: {class_names[true][:16]}\npred: {class_names[pred][:16]}{p}",
+        ax.set_title(f"true: {fit_label(class_names[true])}\n"
+                     f"pred: {fit_label(class_names[pred])}{p}",
                      fontsize=7, color="green" if true == pred else "red")
     right = int((rows["label_index"].to_numpy()[picks] == np.asarray(y_pred)[picks]).sum())
     fig.suptitle(title or f"{len(picks)} random images: true / predicted class, "

@@ -43,6 +43,7 @@ from cnnlab.evaluation.predictions import (
 from cnnlab.files import atomic_path
 from cnnlab.plots import (
     confused_classes,
+    fit_label,
     plot_confused_block,
     plot_confusion_matrix,
     plot_predictions,
@@ -407,7 +408,8 @@ class Interpretation:
         for ax, (_, row) in zip(axes.flat, table.iterrows()):
             ax.imshow(load_image(row["file"]).astype(np.uint8))
             right = row["true"] == row["predicted"]
-            ax.set_title(f"true: {row['true'][:20]}\npred: {row['predicted'][:20]}\n"
+            ax.set_title(f"true: {fit_label(row['true'], 22)}\npred: "
+                         f"{fit_label(row['predicted'], 22)}\n"
                          f"p={row['probability']:.2f}  loss={row['loss']:.2f}",
                          fontsize=8, color="green" if right else "red")
         fig.suptitle(f"{self.name}: top {len(table)} losses of {len(self.rows)} test images")
@@ -476,9 +478,9 @@ class Interpretation:
         for n, (i, image, heatmap) in enumerate(zip(indices, images, heatmaps)):
             ax_img, ax_cam = axes.flat[2 * n], axes.flat[2 * n + 1]
             ax_img.imshow(image.astype(np.uint8))
-            ax_img.set_title(f"true: {self.class_names[y_true[i]][:18]}", fontsize=7)
+            ax_img.set_title(f"true: {fit_label(self.class_names[y_true[i]])}", fontsize=7)
             ax_cam.imshow(overlay_heatmap(image, heatmap))
-            ax_cam.set_title(f"pred: {self.class_names[y_pred[i]][:18]}", fontsize=7,
+            ax_cam.set_title(f"pred: {fit_label(self.class_names[y_pred[i]])}", fontsize=7,
                              color="green" if y_true[i] == y_pred[i] else "red")
         fig.suptitle(f"{self.name}: Grad-CAM of the predicted class at {target} "
                      f"({which.replace('_', ' ')})", fontsize=9)
