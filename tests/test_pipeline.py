@@ -435,3 +435,25 @@ def test_epoch_axes_have_whole_ticks_and_notebook_outputs_carry_them():
     bare = types.SimpleNamespace(display_formatter=types.SimpleNamespace(
         formatters={"image/png": PNGFormatter()}))
     assert not plots.show_figure_facts(bare)  # no figure formatter: nothing to wrap
+
+
+def test_a_notebook_executed_again_on_its_own_is_named(tmp_path):
+    import nbformat
+
+    from cnnlab.notebooks import check_notebooks
+
+    times = {"01_a": ("06:00", "06:10"), "02_b": ("09:00", "09:05"), "03_c": ("06:10", "06:20")}
+    paths = []
+    for name, (start, end) in times.items():
+        path = _executed(tmp_path / f"{name}.ipynb", "run-1", ["ok\n"])
+        notebook = nbformat.read(path, as_version=4)
+        notebook.metadata["papermill"].update(start_time=f"2026-12-03T{start}:00+00:00",
+                                              end_time=f"2026-12-03T{end}:00+00:00")
+        nbformat.write(notebook, path)
+        paths.append(path)
+    assert check_notebooks(paths, ["run_order"]) == [
+        "03_c.ipynb started before 02_b.ipynb ended: 02_b.ipynb was executed again on its own; "
+        "rerun the notebooks in one cnnlab run"]
+    assert check_notebooks(paths[:1] + paths[2:], ["run_order", "run_id"]) == []
+    with pytest.raises(KeyError, match="unknown notebook checks"):
+        check_notebooks(paths, ["spelling"])

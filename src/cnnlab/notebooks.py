@@ -252,6 +252,40 @@ NOTEBOOK_CHECKS = {
 }
 
 
+def _one_run_id(notebooks: dict) -> list[str]:
+    run_ids = {name: nb.metadata.get("papermill", {}).get("parameters", {}).get("run_id")
+               for name, nb in notebooks.items()}
+    if len(set(run_ids.values())) > 1:
+        listed = ", ".join(f"{name}: {rid}" for name, rid in sorted(run_ids.items()))
+        return [f"the notebooks come from different runs ({listed}); commit one cnnlab run's "
+                f"notebooks"]
+    return []
+
+
+def _in_order(notebooks: dict) -> list[str]:
+    """Each notebook started after the one before it ended (papermill's start and end times):
+    one run executes them in order, so a notebook re-run on its own shows up out of order."""
+    from datetime import datetime
+
+    def time(notebook, key):
+        value = notebook.metadata.get("papermill", {}).get(key)
+        return datetime.fromisoformat(value) if value else None
+
+    problems = []
+    names = sorted(notebooks)
+    for before, after in zip(names, names[1:]):
+        ended, started = time(notebooks[before], "end_time"), time(notebooks[after], "start_time")
+        if ended and started and started < ended:
+            later = before if started < time(notebooks[before], "start_time") else after
+            problems.append(f"{after} started before {before} ended: {later} was executed "
+                            f"again on its own; rerun the notebooks in one cnnlab run")
+    return problems
+
+
+# Checks across the notebooks of a run, by name like NOTEBOOK_CHECKS.
+RUN_CHECKS = {"run_id": _one_run_id, "run_order": _in_order}
+
+
 def check_notebooks(paths, checks: Iterable[str] | None = None) -> list[str]:
     """Problems that keep executed notebooks from being committed; empty when there are none.
 
@@ -260,11 +294,13 @@ def check_notebooks(paths, checks: Iterable[str] | None = None) -> list[str]:
     file under 1 MiB; every dotted code name in markdown resolving (:func:`resolves`); no cell
     printing more than :data:`MAX_STREAM_LINES` lines; none of :data:`PROCESS_WORDS`; whole
     numbers on every epoch axis (the figure facts of ``plots.show_figure_facts``). Across
-    them: one papermill run id (one coherent run).
+    them (:data:`RUN_CHECKS`): one papermill run id, and executed in order, each notebook
+    started after the one before it ended (none re-run on its own).
 
     Args:
         paths: Executed ``.ipynb`` files (e.g. ``notebooks/*.ipynb``).
-        checks: Names of :data:`NOTEBOOK_CHECKS` to run (default: all).
+        checks: Names of :data:`NOTEBOOK_CHECKS` and :data:`RUN_CHECKS` to run (default:
+            all).
 
     Returns:
         One line per problem, naming the notebook and what was found.
@@ -274,18 +310,21 @@ def check_notebooks(paths, checks: Iterable[str] | None = None) -> list[str]:
     """
     import nbformat
 
-    chosen = [NOTEBOOK_CHECKS[name] for name in (checks or NOTEBOOK_CHECKS)]
-    problems, run_ids = [], {}
+    names = list(checks or [*NOTEBOOK_CHECKS, *RUN_CHECKS])
+    unknown = [name for name in names if name not in NOTEBOOK_CHECKS and name not in RUN_CHECKS]
+    if unknown:
+        raise KeyError(f"unknown notebook checks {unknown}; choose from "
+                       f"{[*NOTEBOOK_CHECKS, *RUN_CHECKS]}")
+    problems, notebooks = [], {}
     for path in map(Path, paths):
         notebook = nbformat.read(path, as_version=4)
-        meta = notebook.metadata.get("papermill", {})
-        run_ids[path.name] = meta.get("parameters", {}).get("run_id")
-        for check in chosen:
-            problems += check(path, notebook)
-    if len(set(run_ids.values())) > 1:
-        listed = ", ".join(f"{name}: {rid}" for name, rid in sorted(run_ids.items()))
-        problems.append(f"the notebooks come from different runs ({listed}); commit one "
-                        f"cnnlab run's notebooks")
+        notebooks[path.name] = notebook
+        for name in names:
+            if name in NOTEBOOK_CHECKS:
+                problems += NOTEBOOK_CHECKS[name](path, notebook)
+    for name in names:
+        if name in RUN_CHECKS:
+            problems += RUN_CHECKS[name](notebooks)
     return problems
 
 
