@@ -420,6 +420,7 @@ def test_epoch_axes_have_whole_ticks_and_notebook_outputs_carry_them():
                             "loss": [1.2, 0.9, 0.8], "val_accuracy": [0.35, 0.5, 0.55],
                             "val_loss": [1.1, 0.95, 0.9], "seconds": [1.0, 1.0, 1.0]})
     fig = plots.plot_history(history, chance=0.25)
+    assert fig.axes[0].get_ylim() == (0, 1.02)  # accuracy on its whole scale
     ticks = plots.epoch_ticks(fig)
     assert ticks and all(t == int(t) for t in ticks)
     assert "chance (0.25)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

@@ -194,6 +194,7 @@ def plot_history(history: pd.DataFrame, title: str = "", stage_boundary: int | N
         ax.set_ylabel(metric)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    axes[0].set_ylim(0, 1.02)  # the whole scale: a run stuck near chance looks stuck
     if chance is not None:
         axes[0].axhline(chance, ls=":", c="black", lw=1, label=f"chance ({chance:.3g})")
     axes[0].legend(fontsize=8)
