@@ -245,7 +245,7 @@ def test_precise_bn_runs_once_per_epoch_before_validation(sample_root, project, 
     assert calls == [0, 1]  # epoch 1 before its validation, epoch 2 before its own
     out = capsys.readouterr().out
     assert "Precise BN" in out
-    assert "train:\nepoch     loss accuracy val_loss val_accuracy  seconds\n    1 " in out, out
+    assert "training:\nepoch     loss accuracy val_loss val_accuracy  seconds\n    1 " in out, out
     assert "Epoch 1/2" not in out  # the progress table, not Keras' log lines
     calls.clear()
     train_custom("retail_cnn", manifest, TINY, project)  # no BatchNormalization

@@ -73,9 +73,12 @@ class ProgressTable(keras.callbacks.Callback):
         stage: Label of the stage printed above its rows (e.g. ``"fine_tune"``).
     """
 
+    STAGE_NAMES = {"frozen": "stage 1, the head on the frozen backbone",
+                   "fine_tune": "stage 2, fine-tuning", "train": "training"}
+
     def __init__(self, stage: str = "train"):
         super().__init__()
-        self.stage, self.columns = stage, None
+        self.stage, self.columns = self.STAGE_NAMES.get(stage, stage), None
 
     def on_train_begin(self, logs=None):
         self.columns = None
