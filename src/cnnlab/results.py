@@ -151,7 +151,7 @@ def results_markdown(rows: list[dict], run_id: str, hardware: str,
               f"Test accuracy against batch-1 latency of every model that "
               f"[notebook 05](notebooks/05_evaluation.ipynb) scored on {dataset}; filled "
               f"points are the Pareto front. The one-call `fine_tune` against a plain Keras "
-              f"recipe on the same images, on cards and vehicles: "
+              f"recipe on the same images over 3 seeds, with the paired difference: "
               f"[time to accuracy](docs/benchmarks/time_to_accuracy.md).", END]
     return "\n".join(lines)
 
