@@ -80,9 +80,9 @@ def test_all_seven_notebooks_run_on_sample_with_smoke_profile(project, offline_a
 
     assert check_notebooks(sorted(report.glob("*.ipynb"))) == []
     histories = nbformat.read(report / "02_custom_cnn.ipynb", as_version=4)
-    ticks = [output["metadata"]["image/png"]["cnnlab"]["epoch_ticks"]
+    ticks = [output["metadata"]["cnnlab"]["epoch_ticks"]
              for cell in histories.cells for output in cell.get("outputs", [])
-             if "cnnlab" in output.get("metadata", {}).get("image/png", {})]
+             if "cnnlab" in output.get("metadata", {})]
     assert any(ticks)  # the epoch-tick check has figures to read
     meta = nbformat.read(report / "03_transfer_learning.ipynb", as_version=4).metadata
     assert "accelerator" not in meta  # a CPU run does not claim Colab's GPU
@@ -395,7 +395,7 @@ def test_check_notebooks_finds_stale_names_long_logs_process_words_and_epoch_hal
     figure = nbformat.v4.new_code_cell("fig", execution_count=3)
     figure.outputs = [nbformat.v4.new_output(
         "display_data", data={"image/png": "iVBORw0KGgo="},
-        metadata={"image/png": {"cnnlab": {"epoch_ticks": [1.0, 1.5, 2.0]}}})]
+        metadata={"cnnlab": {"epoch_ticks": [1.0, 1.5, 2.0]}})]
     notebook.cells.append(figure)
     nbformat.write(notebook, path)
     text = "\n".join(check_notebooks([path]))
@@ -411,7 +411,7 @@ def test_check_notebooks_finds_stale_names_long_logs_process_words_and_epoch_hal
 def test_epoch_axes_have_whole_ticks_and_notebook_outputs_carry_them():
     import types
 
-    from IPython.core.formatters import PNGFormatter
+    from IPython.core.formatters import DisplayFormatter
     from matplotlib.figure import Figure
 
     from cnnlab import plots
@@ -426,16 +426,14 @@ def test_epoch_axes_have_whole_ticks_and_notebook_outputs_carry_them():
     assert "chance (0.25)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     by_epoch = plots.plot_histories({"a": history}, x="epoch", chance=0.25)
     assert all(t == int(t) for t in plots.epoch_ticks(by_epoch))
-    formatter = PNGFormatter()
-    formatter.for_type(Figure, lambda figure: "png-bytes")
-    shell = types.SimpleNamespace(display_formatter=types.SimpleNamespace(
-        formatters={"image/png": formatter}))
-    assert plots.show_figure_facts(shell) and plots.show_figure_facts(shell)  # once
-    data, metadata = formatter(fig)
-    assert data == "png-bytes" and metadata == {"cnnlab": {"epoch_ticks": ticks}}
-    bare = types.SimpleNamespace(display_formatter=types.SimpleNamespace(
-        formatters={"image/png": PNGFormatter()}))
-    assert not plots.show_figure_facts(bare)  # no figure formatter: nothing to wrap
+    display = DisplayFormatter()
+    display.formatters["image/png"].for_type(Figure, lambda figure: "png-bytes")
+    shell = types.SimpleNamespace(display_formatter=display)
+    assert plots.show_figure_facts(shell)
+    display.formatters["image/png"].pop(Figure)  # the inline backend configured again
+    display.formatters["image/png"].for_type(Figure, lambda figure: "new-png-bytes")
+    data, metadata = display.format(fig)
+    assert data["image/png"] == "new-png-bytes" and metadata["cnnlab"] == {"epoch_ticks": ticks}
 
 
 def test_a_notebook_executed_again_on_its_own_is_named(tmp_path):

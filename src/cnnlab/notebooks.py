@@ -232,7 +232,7 @@ def _epoch_ticks(path, notebook) -> list[str]:
     problems = []
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
-            facts = output.get("metadata", {}).get("image/png", {}).get("cnnlab", {})
+            facts = output.get("metadata", {}).get("cnnlab", {})
             ticks = facts.get("epoch_ticks", [])
             if any(float(t) != int(t) for t in ticks):
                 problems.append(f"{path.name}: a figure of cell {cell.get('execution_count')} "

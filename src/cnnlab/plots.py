@@ -73,16 +73,16 @@ def epoch_ticks(fig: Figure) -> list[float]:
 def show_figure_facts(shell=None) -> bool:
     """Adds each figure's facts to its notebook output, for ``scripts/check_notebooks.py``.
 
-    Wraps the PNG formatter of IPython's inline backend, so that every figure a notebook shows
-    carries ``{"cnnlab": {"epoch_ticks": [...]}}`` (:func:`epoch_ticks`) in the output's
-    ``image/png`` metadata (IPython formatters may return ``(data, metadata)``). Call it once,
-    after ``matplotlib.pyplot`` is imported (the inline backend registers its formatter then).
+    Registers a mime-bundle formatter for figures with IPython, so that every figure a
+    notebook shows carries ``{"cnnlab": {"epoch_ticks": [...]}}`` (:func:`epoch_ticks`) in
+    its output's metadata. The mime-bundle formatter adds metadata only, and the inline
+    backend, which re-registers its PNG formatter whenever it is configured, leaves it alone.
 
     Args:
         shell: The IPython shell (default: the running one).
 
     Returns:
-        False outside IPython or without a PNG formatter for figures (nothing changed).
+        False outside IPython (nothing changed).
     """
     try:
         from IPython import get_ipython
@@ -91,20 +91,11 @@ def show_figure_facts(shell=None) -> bool:
     shell = shell or get_ipython()
     if shell is None:
         return False
-    formatter = shell.display_formatter.formatters["image/png"]
-    try:
-        png = formatter.lookup_by_type(Figure)
-    except KeyError:
-        return False
-    if getattr(png, "adds_figure_facts", False):
-        return True
 
-    def with_facts(fig):
-        data = png(fig)
-        return data, {"cnnlab": {"epoch_ticks": epoch_ticks(fig)}}
+    def facts(fig, include=None, exclude=None):
+        return {}, {"cnnlab": {"epoch_ticks": epoch_ticks(fig)}}
 
-    with_facts.adds_figure_facts = True
-    formatter.for_type(Figure, with_facts)
+    shell.display_formatter.mimebundle_formatter.for_type(Figure, facts)
     return True
 
 
