@@ -186,7 +186,7 @@ def test_a_twin_has_its_pretrained_twins_images_size_and_epoch_budget():
                          "m_scratch": result("m_scratch", 96, 3, 0.1)})
 
 
-def test_each_family_has_a_from_scratch_recipe_and_vgg16_trains_slower_and_clipped():
+def test_each_family_has_a_from_scratch_recipe_and_vgg16_warms_up_longer_and_clipped():
     from cnnlab.models.backbones import BACKBONES
     from cnnlab.training.fine_tuning import _family
     from cnnlab.training.recipes import SCRATCH_RECIPES, get_scratch_recipe
@@ -196,7 +196,7 @@ def test_each_family_has_a_from_scratch_recipe_and_vgg16_trains_slower_and_clipp
     vgg, default = get_scratch_recipe(_family("vgg16")), get_scratch_recipe(None)
     assert vgg.name == "vgg16" and default.name == "default"
     assert _family("my_model") == "default"  # a given model outside the registry
-    assert vgg.lr_scale < default.lr_scale and vgg.clipnorm
+    assert vgg.warmup > default.warmup and vgg.clipnorm and not default.clipnorm
     optimizer = vgg.make_optimizer(1e-4, 100)
     assert optimizer.clipnorm == vgg.clipnorm
     schedule = optimizer._learning_rate
@@ -222,7 +222,7 @@ def test_a_backbone_from_scratch_trains_with_its_family_recipe(sample_root, proj
 
     row = fine_tune_stages(result).iloc[0]
     assert (row["stage"], row["head rate"], row["schedule"]) == (
-        "end to end", "0.0001", "warm-up 20%, cosine")
+        "end to end", "0.001", "warm-up 20%, cosine")
     assert row["backbone layers trained"] == "13 of 13 (all)"  # VGG16's 13 convolutions
 
 

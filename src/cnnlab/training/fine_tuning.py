@@ -184,8 +184,8 @@ def fine_tune(
     A backbone without pretrained weights (``weights="none"``, or a given model whose backbone
     is trainable) has nothing to transfer: it is trained end to end for ``scratch_epochs``
     (default ``freeze_epochs + epochs``) epochs instead, with its family's from-scratch recipe
-    (``recipes.SCRATCH_RECIPES``: AdamW, warm-up then cosine, label smoothing; VGG16 at a
-    tenth of the rate with a clip), and says so.
+    (``recipes.SCRATCH_RECIPES``: AdamW, warm-up then cosine, label smoothing; VGG16 with a
+    longer warm-up and a gradient clip), and says so.
 
     The run is resumable: killed at any point, the same call continues from the last completed
     epoch (stage 1 is not repeated once finished).
