@@ -426,6 +426,13 @@ def test_epoch_axes_have_whole_ticks_and_notebook_outputs_carry_them():
     assert "chance (0.25)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     by_epoch = plots.plot_histories({"a": history}, x="epoch", chance=0.25)
     assert all(t == int(t) for t in plots.epoch_ticks(by_epoch))
+    from cnnlab.segmentation.training import plot_miou_history
+
+    one = history.head(1)  # a single epoch: matplotlib alone would tick 0.95, 0.975, ...
+    miou = one.assign(mIoU=0.2, val_mIoU=0.3)
+    for figure in (plots.plot_history(one), plot_miou_history(miou),
+                   plots.plot_histories({"a": one}, x="epoch")):
+        assert plots.epoch_ticks(figure) and all(t == int(t) for t in plots.epoch_ticks(figure))
     display = DisplayFormatter()
     display.formatters["image/png"].for_type(Figure, lambda figure: "png-bytes")
     shell = types.SimpleNamespace(display_formatter=display)

@@ -59,6 +59,14 @@ def _shown_when_the_cell_ends() -> bool:
     return "inline" in matplotlib.get_backend()
 
 
+def epoch_axis(ax, epochs: int) -> None:
+    """An x axis of epochs ``1..epochs``: whole-number ticks only, half an epoch of margin
+    (one epoch included: matplotlib's integer locator alone falls back to fractions when the
+    view spans less than one)."""
+    ax.set_xlim(0.5, max(int(epochs), 1) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def epoch_ticks(fig: Figure) -> list[float]:
     """The x tick values inside the view of every axes of ``fig`` whose x label starts with
     ``epoch``: all whole numbers when the figure reads well (no epoch 1.5)."""
@@ -183,7 +191,7 @@ def plot_history(history: pd.DataFrame, title: str = "", stage_boundary: int | N
             ax.axvline(stage_boundary + 0.5, ls="--", c="grey", label="fine-tune starts")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(ax, int(epochs.max()) if len(epochs) else 1)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(0, 1.02)  # the whole scale: a run stuck near chance looks stuck
     if chance is not None:
@@ -246,7 +254,7 @@ def plot_histories(histories: Mapping[str, pd.DataFrame], metric: str = "val_acc
     if chance is not None:
         ax.axhline(chance, ls=":", c="black", lw=1, label=f"chance ({chance:.3g})")
     if x == "epoch" and not log_x:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(ax, max((len(h) for h in histories.values()), default=1))
     handles = ax.get_legend_handles_labels()[0]
     if marked:
         handles.append(Line2D([], [], ls="--", lw=1, c="grey", label="fine-tuning starts"))

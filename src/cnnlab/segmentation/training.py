@@ -514,11 +514,14 @@ def plot_miou_history(history: pd.DataFrame, title: str = "") -> Figure:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    from cnnlab.plots import epoch_axis
+
     epochs = history["epoch"] + 1
     for ax, metric in zip(axes, ("mIoU", "loss")):
         ax.plot(epochs, history[metric], "o-", label="train")
         ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
         ax.set_xlabel("epoch")
+        epoch_axis(ax, int(epochs.max()) if len(epochs) else 1)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     best = history["val_mIoU"].idxmax()
