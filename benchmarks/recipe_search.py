@@ -20,17 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-from time_to_accuracy import DATASET_OPTIONS, score_test_split  # noqa: E402 (this folder)
+from time_to_accuracy import DATASET_OPTIONS, score_test_split, temporary_project  # noqa: E402 (this folder)
 
-from cnnlab.config import project_dirs  # noqa: E402
-from cnnlab.data.datasets import get_dataset_spec, prepare_dataset
+from cnnlab.data.datasets import get_dataset_spec
 from cnnlab.files import write_json
 from cnnlab.training.fine_tuning import fine_tune
 from cnnlab.training.fitting import TrainingData
@@ -50,11 +48,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/recipe_search.json"))
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="cnnlab-recipes-"))
-    (root / "notebooks").mkdir()
-    dirs = project_dirs(root)
-    manifest = prepare_dataset(args.dataset, args.shared_dir / "datasets" / args.dataset, dirs,
-                               **DATASET_OPTIONS[args.dataset])
+    dirs, manifest = temporary_project(args.dataset, args.shared_dir, "cnnlab-recipes-")
     data = TrainingData(manifest, args.image_size, 32, get_dataset_spec(args.dataset).hflip, 42)
     report = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
     report.setdefault("chosen", [])

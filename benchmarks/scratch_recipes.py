@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from time_to_accuracy import DATASET_OPTIONS, score_test_split  # noqa: E402 (this folder)
+from time_to_accuracy import DATASET_OPTIONS, score_test_split, temporary_project  # noqa: E402 (this folder)
 
-from cnnlab.config import project_dirs  # noqa: E402
-from cnnlab.data.datasets import get_dataset_spec, prepare_dataset  # noqa: E402
+from cnnlab.data.datasets import get_dataset_spec  # noqa: E402
 from cnnlab.data.pipeline import split_dataset  # noqa: E402
 from cnnlab.evaluation.metrics import collapse_reason  # noqa: E402
 from cnnlab.files import write_json, write_text  # noqa: E402
@@ -93,11 +90,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/scratch_recipes.json"))
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="cnnlab-scratch-"))
-    (root / "notebooks").mkdir()
-    dirs = project_dirs(root)
-    manifest = prepare_dataset(args.dataset, args.shared_dir / "datasets" / args.dataset, dirs,
-                               **DATASET_OPTIONS[args.dataset])
+    dirs, manifest = temporary_project(args.dataset, args.shared_dir, "cnnlab-scratch-")
     data = TrainingData(manifest, args.image_size, 32, get_dataset_spec(args.dataset).hflip,
                         args.seed, cache_dir=dirs.data / "cache")
     val_rows = manifest.split("val")
@@ -148,5 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -193,6 +193,16 @@ def cnnlab_fine_tune(data: TrainingData, backbone: str, weights_dir: Path, profi
                          "recipe": dataclasses.asdict(get_recipe(recipe))}}
 
 
+def temporary_project(dataset: str, shared_dir: Path, prefix: str):
+    """A fresh project folder under the system's temporary folder and ``dataset``'s manifest
+    prepared in it from ``shared_dir/datasets/<dataset>``: ``(dirs, manifest)``."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    (root / "notebooks").mkdir()
+    dirs = project_dirs(root)
+    return dirs, prepare_dataset(dataset, shared_dir / "datasets" / dataset, dirs,
+                                 **DATASET_OPTIONS[dataset])
+
+
 def score_test_split(model, manifest, image_size: int) -> dict:
     """``test_accuracy``, its 95% Wilson ``test_interval`` and ``test_images`` on the split."""
     rows = manifest.split("test")

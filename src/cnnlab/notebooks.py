@@ -163,6 +163,11 @@ def resolves(name: str) -> bool:
     return False
 
 
+def _output_text(output) -> str:
+    """What an output shows as text: a stream's text, or a result's ``text/plain``."""
+    return str(output.get("text") or output.get("data", {}).get("text/plain", ""))
+
+
 def _forbidden_output(path, notebook) -> list[str]:
     problems = []
     for cell in notebook.cells:
@@ -170,8 +175,7 @@ def _forbidden_output(path, notebook) -> list[str]:
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             texts.append(("injected parameters", cell.source))
         for output in cell.get("outputs", []):
-            text = output.get("text") or output.get("data", {}).get("text/plain", "")
-            texts.append((f"output of cell {cell.get('execution_count')}", str(text)))
+            texts.append((f"output of cell {cell.get('execution_count')}", _output_text(output)))
         for where, text in texts:
             for needle in FORBIDDEN_OUTPUT:
                 if needle in text:
@@ -216,9 +220,8 @@ def _stream_lines(path, notebook) -> list[str]:
 def _process_words(path, notebook) -> list[str]:
     problems = []
     for cell in notebook.cells:
-        text = "\n".join([cell.source] + [
-            str(output.get("text") or output.get("data", {}).get("text/plain", ""))
-            for output in cell.get("outputs", [])]).lower()
+        text = "\n".join([cell.source] + [_output_text(output)
+                                          for output in cell.get("outputs", [])]).lower()
         for words in PROCESS_WORDS:
             if words.lower() in text:
                 where = (f"cell {cell.execution_count}" if cell.cell_type == "code"
