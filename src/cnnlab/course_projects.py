@@ -115,14 +115,14 @@ COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in
         "EfficientNetB7 76.04% and DenseNet201 84.34% test accuracy on the 11-class set",
         "the Multi-class Weather Dataset (Ajayi 2018, doi:10.17632/4drtyfjtfy.1; "
         "../shared/datasets/weather-mwd): 1,121 photos of 4 classes",
-        "4 classes instead of 11; EfficientNetB0 and DenseNet121 (no ImageNet files offline) "
-        "train from scratch with their recipes, a MobileNet fine-tuned from ImageNet beside "
-        "them; the new photos are the Houses dataset's frontal photos",
+        "4 classes instead of 11, at 128 px; EfficientNetB0 and DenseNet121 (no ImageNet files "
+        "offline) train from scratch with their recipes, a MobileNet fine-tuned from ImageNet "
+        "beside them; the new photos are the Houses dataset's frontal photos",
         "course_projects/weather", (("leaderboard.csv", "classification"),),
         f"{_RUN} --dataset weather-mwd --data-dir ../shared/datasets/weather-mwd "
         "--backbones efficientnet_b0,densenet121,mobilenet_v2 --only 01,03,05,06 "
         "--images-dir '../shared/datasets/houses/Houses Dataset' --images-glob '*_frontal.jpg' "
-        "--run-id weather-cpu",
+        "--image-size 128 --run-id weather-cpu",
         "cnnlab run --dataset weather --profile gpu --backbones efficientnet_b0,densenet121"),
     CourseProject(
         "airbnb", "House and Airbnb prices (mixed data)",
