@@ -59,6 +59,12 @@ def test_the_page_has_every_project_and_links_every_number(tmp_path):
                 assert re.fullmatch(r"\s*\[.+\]\([\w/.]+\.csv\)\s*", cell), line
     for target in re.findall(r"\]\(([\w/.]+)\)", page):
         assert (docs / target).is_file(), target
+    from cnnlab.course_projects import course_project_rows
+
+    rows = {row["dataset"]: row for row in course_project_rows(docs)}
+    assert list(rows) == ["rpc", "vehicles", "weather-mwd"]  # cards and airbnb: the main run's
+    assert rows["vehicles"]["best model"] == "`mobilenet_v2` (val accuracy 0.970)"
+    assert rows["weather-mwd"]["source"] == "[course project](docs/course_projects.md#weather)"
     (docs / "course_projects" / "weather" / "leaderboard.csv").unlink()
     with pytest.raises(FileNotFoundError, match="--run-id weather-cpu"):
         course_projects_page(docs)
@@ -117,3 +123,20 @@ def test_each_published_project_names_its_run():
         assert run_id_of(COURSE_PROJECTS[key]) == f"{key}-cpu"
     with pytest.raises(ValueError, match="names no --run-id"):
         run_id_of(COURSE_PROJECTS["cards"])
+
+
+def test_the_committed_page_is_current_and_its_links_resolve():
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    page = (docs / "course_projects.md").read_text(encoding="utf-8")
+    assert page == course_projects_page(docs), "rerun: python scripts/course_projects.py"
+    for project in COURSE_PROJECTS.values():
+        assert f"## {project.title}" in page
+    links = re.findall(r"\]\(([^)#\s]+)\)", page)
+    local = [target for target in links if "://" not in target]
+    assert local, "the page links none of its files"
+    for target in local:
+        assert (docs / target).is_file(), f"docs/course_projects.md links a missing {target}"
+    assets = [p for p in (docs / "course_projects").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in assets) < 2 * 2**20

@@ -245,3 +245,18 @@ def test_read_image_errors_name_the_file(tmp_path):
         read(tmp_path / "notes.jpg")
     with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
         read(tmp_path / "missing.png", 32)
+
+
+def test_is_greyscale_tells_a_grey_photo_saved_as_rgb_jpeg_from_a_colour_one(tmp_path):
+    from cnnlab.data import is_greyscale
+
+    photo = _photo(64, 48, seed=3)
+    grey = np.repeat(photo.mean(axis=-1, keepdims=True), 3, axis=-1).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey_rgb.jpg", quality=75)  # chroma noise from JPEG
+    Image.fromarray(grey[..., 0]).save(tmp_path / "grey_l.png")
+    Image.fromarray(photo).save(tmp_path / "colour.jpg", quality=75)
+    assert is_greyscale(tmp_path / "grey_rgb.jpg")
+    assert is_greyscale(tmp_path / "grey_l.png")
+    assert not is_greyscale(tmp_path / "colour.jpg")
+    with pytest.raises(FileNotFoundError):
+        is_greyscale(tmp_path / "missing.jpg")

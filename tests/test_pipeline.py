@@ -306,7 +306,10 @@ def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(pr
     assert f"| [07](notebooks/{NOTEBOOKS[6]}) | [10.4 min](notebooks/{NOTEBOOKS[6]}) |" in text
     assert ("| cards | classification | `mobilenet_v2` (val accuracy 0.849) | test accuracy "
             "0.789 [0.736, 0.834] (n=265) | 64.4 min training | "
-            "[notebook 05](notebooks/05_evaluation.ipynb) |") in text
+            "[notebook 05](notebooks/05_evaluation.ipynb) · [course project]"
+            "(docs/course_projects.md#playing-cards) |") in text
+    assert "| rpc | not run here | – | – |  | [course project](docs/course_projects.md#" \
+        "retail-products-rpc) |" in text
     assert "`fusion` (tabular + photos; val MAPE 25.5 %) | test MAPE 27.0 [23.1, 31.6] %" in text
     from cnnlab.results import run_summary
 

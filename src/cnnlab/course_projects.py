@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from cnnlab.files import write_text
 
 __all__ = ["CourseProject", "COURSE_PROJECTS", "PAGE_ASSET_BYTES", "publish_course_run",
            "run_id_of", "run_course_project", "course_projects_page",
-           "write_course_projects_page"]
+           "write_course_projects_page", "section_link", "course_project_rows",
+           "link_course_projects"]
 
 # The page's own files (tables and figures under docs/course_projects/) stay small.
 PAGE_ASSET_BYTES = 2 * 1024 * 1024
@@ -340,3 +342,76 @@ def write_course_projects_page(dirs: ProjectDirs | None = None) -> Path:
     page = docs / "course_projects.md"
     write_text(page, text)
     return page
+
+
+def section_link(key: str, page: str = "docs/course_projects.md") -> str:
+    """The link to a project's section of the course-projects page (GitHub's heading anchor:
+    lower case, punctuation dropped, spaces as hyphens).
+
+    Raises:
+        KeyError: If ``key`` is not in :data:`COURSE_PROJECTS`.
+    """
+    anchor = re.sub(r"[^\w\- ]", "", COURSE_PROJECTS[key].title.lower()).replace(" ", "-")
+    return f"{page}#{anchor}"
+
+
+# README's task of a main-run row, and the kind of table it comes from.
+_TASK_KINDS = {"classification": "classification", "price regression": "regression"}
+
+
+def link_course_projects(rows: list[dict]) -> list[dict]:
+    """README's main-run rows, each whose task a course project publishes from the main run
+    (cards classification, house prices) followed by a link to that project's section.
+
+    Args:
+        rows: Rows of :func:`cnnlab.results.results_rows`.
+
+    Returns:
+        New rows; ``source`` gains `` · [course project](...)`` where a project matches.
+    """
+    linked = []
+    for row in rows:
+        kind = _TASK_KINDS.get(row["task"])
+        keys = [p.key for p in COURSE_PROJECTS.values()
+                if p.results == "results" and kind in {k for _, k in p.tables}]
+        source = row["source"] + "".join(f" · [course project]({section_link(k)})" for k in keys)
+        linked.append({**row, "source": source})
+    return linked
+
+
+def course_project_rows(docs: str | os.PathLike) -> list[dict]:
+    """README's rows for the course projects not in the main run: each published one's best
+    model on validation with its test accuracy, and a row for each project not run here.
+
+    Projects whose run is not published yet under ``docs/course_projects/<key>/`` are left out.
+
+    Args:
+        docs: The ``docs/`` folder.
+
+    Returns:
+        Rows ``dataset, task, best model, result, time, source`` (links from the root).
+    """
+    from cnnlab.results import classification_row
+
+    rows = []
+    for project in COURSE_PROJECTS.values():
+        link = f"[course project]({section_link(project.key)})"
+        if project.results is None:
+            rows.append({"dataset": project.key, "task": "not run here", "best model": "–",
+                         "result": "–", "time": "", "source": link})
+            continue
+        if project.results == "results":
+            continue
+        for name, kind in project.tables:
+            path = Path(docs) / project.results / name
+            if kind == "classification" and path.is_file():
+                rows.append(classification_row(path, _run_dataset(project), link))
+    return rows
+
+
+def _run_dataset(project: CourseProject) -> str:
+    """The ``--dataset`` of a project's command here."""
+    import shlex
+
+    words = shlex.split(project.command_here)
+    return words[words.index("--dataset") + 1] if "--dataset" in words else project.key

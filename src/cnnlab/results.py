@@ -61,21 +61,8 @@ def results_rows(results: Path, run_id: str, meta: dict) -> list[dict]:
     rows = []
     board_file = results / "leaderboard.csv"
     if board_file.is_file():
-        board = pd.read_csv(board_file)
-        if "val accuracy" not in board:
-            raise ValueError(f"{board_file} has no 'val accuracy' column: the best model is "
-                             f"chosen on validation; rerun notebook 05")
-        ranked = board[board["collapsed"].fillna("") == ""] if "collapsed" in board else board
-        top = ranked.loc[ranked["val accuracy"].idxmax()]
-        minutes = top.get("train minutes")
-        rows.append({
-            "dataset": meta.get("dataset", "?"), "task": "classification",
-            "best model": f"`{top['model']}` (val accuracy {top['val accuracy']:.3f})",
-            "result": "test accuracy " + _interval(top["accuracy"], top["accuracy CI low"],
-                                                   top["accuracy CI high"])
-                      + f" (n={int(top['test images'])})",
-            "time": f"{minutes:.1f} min training" if pd.notna(minutes) else "",
-            "source": "[notebook 05](notebooks/05_evaluation.ipynb)"})
+        rows.append(classification_row(board_file, meta.get("dataset", "?"),
+                                        "[notebook 05](notebooks/05_evaluation.ipynb)"))
     agreements = {path.stem.removeprefix("04_agreement_"): pd.read_csv(path, index_col=0)
                   for path in sorted(results.glob("04_agreement_*.csv"))}
     agreements = {name: table.loc["all"] for name, table in agreements.items()
@@ -105,6 +92,39 @@ def results_rows(results: Path, run_id: str, meta: dict) -> list[dict]:
             "time": f"{row['seconds']:.0f} s training",
             "source": "[notebook 07](notebooks/07_mixed_data_regression.ipynb)"})
     return rows[:6]
+
+
+def classification_row(board_file: Path, dataset: str, source: str) -> dict:
+    """README's row for a leaderboard: the model with the best validation accuracy among those
+    that did not collapse, with its test accuracy (reported, never used to choose).
+
+    Args:
+        board_file: A leaderboard CSV written by notebook 05.
+        dataset: The dataset's name for the row.
+        source: Markdown link to where the numbers come from.
+
+    Returns:
+        A row ``dataset, task, best model, result, time, source``.
+
+    Raises:
+        ValueError: If the leaderboard has no ``val accuracy`` column, or every model collapsed.
+    """
+    board = pd.read_csv(board_file)
+    if "val accuracy" not in board:
+        raise ValueError(f"{board_file} has no 'val accuracy' column: the best model is "
+                         f"chosen on validation; rerun notebook 05")
+    ranked = board[board["collapsed"].fillna("") == ""] if "collapsed" in board else board
+    if ranked.empty:
+        raise ValueError(f"every model in {board_file} collapsed: nothing to report")
+    top = ranked.loc[ranked["val accuracy"].idxmax()]
+    minutes = top.get("train minutes")
+    return {"dataset": dataset, "task": "classification",
+            "best model": f"`{top['model']}` (val accuracy {top['val accuracy']:.3f})",
+            "result": "test accuracy " + _interval(top["accuracy"], top["accuracy CI low"],
+                                                   top["accuracy CI high"])
+                      + f" (n={int(top['test images'])})",
+            "time": f"{minutes:.1f} min training" if pd.notna(minutes) else "",
+            "source": source}
 
 
 def run_summary(report: str | os.PathLike, parameters: dict | None = None) -> str:
@@ -144,8 +164,11 @@ def results_markdown(rows: list[dict], run_id: str, hardware: str,
     lines = [START, "", header, "|---|---|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['task']} | {r['best model']} | {r['result']} | "
               f"{r['time']} | {r['source']} |" for r in rows]
-    lines += ["", f"From `cnnlab run --run-id {run_id}` ({hardware}); every table of the run is "
-              f"in [docs/results.md](docs/results.md).", "",
+    course = any(r["source"].startswith("[course project]") for r in rows)
+    lines += ["", f"The rows from notebooks: `cnnlab run --run-id {run_id}` ({hardware}); every "
+              f"table of the run is in [docs/results.md](docs/results.md)."
+              + (" The other rows: each course project's own run, on "
+                 "[docs/course_projects.md](docs/course_projects.md)." if course else ""), "",
               f"![Test accuracy against latency per image, notebook 05](docs/figures/"
               f"{README_FIGURE})", "",
               f"Test accuracy against batch-1 latency of every model that "
@@ -285,7 +308,10 @@ def publish_run(run_id: str, dirs: ProjectDirs | None = None, readme: Path | Non
     page = dirs.root / "docs" / "results.md"
     write_text(page, _results_page(results, run_id, hardware) + "\n")
     written.append(page)
-    rows = results_rows(results, run_id, parameters)
+    from cnnlab.course_projects import course_project_rows, link_course_projects
+
+    rows = link_course_projects(results_rows(results, run_id, parameters))
+    rows += course_project_rows(dirs.root / "docs")
     block = results_markdown(rows, run_id, hardware, parameters.get("dataset", "the dataset"))
     before, rest = text.split(START, 1)
     after = rest.split(END, 1)[1]

@@ -38,6 +38,7 @@ _EXPORTS = {
     "decode_image": "images",
     "read_image": "images",
     "load_image": "images",
+    "is_greyscale": "images",
     "resize_uint8": "images",
     "resize_square": "images",
     "write_converted": "images",

@@ -287,6 +287,29 @@ def load_image(path: str | os.PathLike, image_size: int | None = None,
     return read_image(path, image_size, dct_scaling).astype(np.float32)
 
 
+def is_greyscale(path: str | os.PathLike, tolerance: float = 2.0) -> bool:
+    """Whether an image file carries no colour: a greyscale photo, even one saved as RGB.
+
+    JPEG stores a greyscale photo saved in colour with small chroma noise, so a pixel counts as
+    grey when its channels differ by a few levels; the image is grey when the mean spread
+    ``max(R, G, B) - min(R, G, B)`` over its pixels is at most ``tolerance``.
+
+    Args:
+        path: Image file of any format :func:`read_image` reads.
+        tolerance: Largest mean channel spread, in 8-bit levels (0-255), of a grey image.
+
+    Returns:
+        True for a single-channel file or an RGB one whose channels (nearly) agree.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not a readable image; the message names it.
+    """
+    array = read_image(path).astype(np.int16)
+    spread = array.max(axis=-1) - array.min(axis=-1)
+    return float(spread.mean()) <= tolerance
+
+
 def resize_uint8(image, image_size: int, shrink: bool):
     """Resizes a uint8 image to ``(image_size, image_size, 3)`` uint8.
 
