@@ -37,6 +37,10 @@ def test_the_page_has_every_project_and_links_every_number(tmp_path):
                                                                      "none (custom CNN)")])
     _metrics(docs / "results" / "07_metrics.csv")
     _metrics(docs / "results" / "07_airbnb_metrics.csv")
+    for project in COURSE_PROJECTS.values():
+        for figure in project.figures:
+            (docs / figure).parent.mkdir(parents=True, exist_ok=True)
+            (docs / figure).write_bytes(b"png")
     for key in ("vehicles", "weather"):
         _leaderboard(docs / "course_projects" / key / "leaderboard.csv",
                      [_board_row("vgg16", 0.7, 0.68, "NONE (RANDOM INIT)"),
@@ -122,7 +126,8 @@ def test_each_published_project_names_its_run():
     for key in ("vehicles", "weather"):
         assert run_id_of(COURSE_PROJECTS[key]) == f"{key}-cpu"
     with pytest.raises(ValueError, match="names no --run-id"):
-        run_id_of(COURSE_PROJECTS["cards"])
+        run_id_of(COURSE_PROJECTS["airbnb"])
+    assert run_id_of(COURSE_PROJECTS["cards"]) == "cards-cpu"  # the main run
 
 
 def test_the_committed_page_is_current_and_its_links_resolve():

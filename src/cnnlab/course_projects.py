@@ -53,6 +53,8 @@ class CourseProject:
         command_here: The command that makes the run here.
         command_course: The command that runs it on the course's own dataset.
         not_run: Why it is not run here (with ``results`` None).
+        figures: For a project of the main run, its figures under ``docs/`` (a project with
+            its own run shows the figures published beside its tables).
     """
 
     key: str
@@ -67,6 +69,7 @@ class CourseProject:
     command_here: str
     command_course: str
     not_run: str = ""
+    figures: tuple[str, ...] = ()
 
 
 _RUN = "cnnlab run --profile cpu --weights local --weights-dir ../shared/weights"
@@ -93,8 +96,14 @@ COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in
         "test splits)",
         "a 60-per-class training subset; ImageNet weights from local files (MobileNetV3Small "
         "0.75, MobileNetV2)", "results", (("leaderboard.csv", "classification"),),
-        f"{_RUN} --dataset cards --data-dir ../shared/datasets/cards",
-        "cnnlab run --dataset cards --profile gpu"),
+        f"{_RUN} --dataset cards --data-dir ../shared/datasets/cards --segment-dataset vehicles "
+        "--segment-data-dir ../shared/datasets/vehicles --mixed-data-dir ../shared/datasets/houses "
+        "--airbnb-data-dir ../shared/datasets/airbnb-madrid "
+        "--images-dir '../shared/datasets/houses/Houses Dataset' --images-glob '*_frontal.jpg' "
+        "--run-id cards-cpu",
+        "cnnlab run --dataset cards --profile gpu",
+        figures=("figures/05_accuracy_vs_latency.png", "figures/03_val_accuracy.png",
+                 "figures/05_confused_block.png")),
     CourseProject(
         "vehicles", "Vehicles",
         "car, bus, truck and motorcycle photos (the course's own folder)",
@@ -139,7 +148,8 @@ COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in
         (("07_metrics.csv", "regression"), ("07_airbnb_metrics.csv", "regression")),
         f"{_RUN} --only 07 --mixed-data-dir ../shared/datasets/houses "
         "--airbnb-data-dir ../shared/datasets/airbnb-madrid",
-        "cnnlab run --only 07 --mixed-dataset houses"),
+        "cnnlab run --only 07 --mixed-dataset houses",
+        figures=("figures/07_predicted_vs_actual.png",)),
 )}
 
 
@@ -317,8 +327,13 @@ def course_projects_page(docs: str | os.PathLike) -> str:
                                         f"{project.command_here}")
             link = f"{project.results}/{name}"
             lines += [f"From [{name}]({link}):", "", *_ROWS[kind](pd.read_csv(path), link), ""]
-        figures = sorted(p.name for p in folder.glob("*.png"))
-        lines += [f"![{name}]({project.results}/{name})" for name in figures]
+        figures = list(project.figures) or [f"{project.results}/{p.name}"
+                                             for p in sorted(folder.glob("*.png"))]
+        for name in figures:
+            if not (docs / name).is_file():
+                raise FileNotFoundError(f"docs/{name} is missing; make the run with: "
+                                        f"{project.command_here}")
+        lines += [f"![{Path(name).stem}]({name})" for name in figures]
         lines += ["" if figures else "", "Reproduce here, then on the course's own dataset:", "",
                   f"```bash\n{project.command_here}\n{project.command_course}\n```", ""]
     return "\n".join(lines).rstrip() + "\n"
