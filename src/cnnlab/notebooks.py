@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -435,8 +437,13 @@ def run_notebooks(
     # IPC sockets between papermill and the kernel: nothing on the network, and no kernel
     # warning about unencrypted TCP on every start (TCP stays the transport on Windows).
     config = Config()
+    sockets = None
     if os.name != "nt":
         config.KernelManager.transport = "ipc"
+        # The socket files (kernel-ipc-1..5) in a private folder, not in the current one,
+        # where a killed kernel would leave them.
+        sockets = Path(tempfile.mkdtemp(prefix="cnnlab-kernel-"))
+        config.KernelManager.ip = str(sockets / "kernel-ipc")
     # A kernel that is slow to exit on a busy machine is interrupted after jupyter_client's
     # default 5 s ("KeyboardInterrupt caught in kernel" on the console); give it longer.
     config.KernelManager.shutdown_wait_time = 30.0
@@ -460,26 +467,30 @@ def run_notebooks(
     machine = hardware()
     selected = [n for n in NOTEBOOKS if not only or any(n.startswith(o) or n == o for o in only)]
     timings = []
-    for index, name in enumerate(selected, start=1):
-        source = notebooks_dir / name
-        if not source.is_file():
-            raise FileNotFoundError(f"{display_path(source)} is missing from the checkout")
-        target = out_dir / name
-        print(f"[{index}/{len(selected)}] {name} -> {display_path(target)}", flush=True)
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(source), str(target), parameters=params, cwd=str(dirs.root),
-                kernel_name="python3", log_output=log_output, progress_bar=False,
-                config=config)
-        except papermill.PapermillExecutionError as error:
-            raise NotebookFailed(
-                f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
-                f"open {display_path(target)} to see the failing cell") from None
-        seconds = time.perf_counter() - start
-        _portable_metadata(target, f"notebooks/{name}", f"reports/{run_id}/{name}", machine)
-        timings.append({"notebook": name, "seconds": round(seconds, 1)})
-        print(f"[{index}/{len(selected)}] {name} done in {seconds:.0f} s", flush=True)
+    try:
+        for index, name in enumerate(selected, start=1):
+            source = notebooks_dir / name
+            if not source.is_file():
+                raise FileNotFoundError(f"{display_path(source)} is missing from the checkout")
+            target = out_dir / name
+            print(f"[{index}/{len(selected)}] {name} -> {display_path(target)}", flush=True)
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(source), str(target), parameters=params, cwd=str(dirs.root),
+                    kernel_name="python3", log_output=log_output, progress_bar=False,
+                    config=config)
+            except papermill.PapermillExecutionError as error:
+                raise NotebookFailed(
+                    f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                    f"open {display_path(target)} to see the failing cell") from None
+            seconds = time.perf_counter() - start
+            _portable_metadata(target, f"notebooks/{name}", f"reports/{run_id}/{name}", machine)
+            timings.append({"notebook": name, "seconds": round(seconds, 1)})
+            print(f"[{index}/{len(selected)}] {name} done in {seconds:.0f} s", flush=True)
+    finally:
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
     table = pd.DataFrame(timings)
     previous = out_dir / "timings.csv"
     if only and previous.is_file():  # a rerun of some notebooks keeps the others' seconds
