@@ -204,10 +204,18 @@ def publish_course_run(key: str, run_id: str, dirs: ProjectDirs | None = None) -
         if source.is_file():
             _copy(source, target / source.name)
             written.append(target / source.name)
-    meta = nbformat.read(notebooks[0], as_version=4).metadata if notebooks else {}
+    metas = {p.name: nbformat.read(p, as_version=4).metadata for p in notebooks}
+    given = {name: meta.get("papermill", {}).get("parameters", {}) for name, meta in metas.items()}
+    last = given[notebooks[-1].name] if notebooks else {}
     facts = {"run_id": run_id,
-             "hardware": meta.get("cnnlab", {}).get("hardware", "not recorded"),
-             "parameters": meta.get("papermill", {}).get("parameters", {})}
+             "hardware": (metas[notebooks[-1].name] if notebooks else {}).get(
+                 "cnnlab", {}).get("hardware", "not recorded"),
+             "parameters": last}
+    # Notebooks re-run with other parameters (``--only``): what each was given otherwise.
+    earlier = {name: {k: v for k, v in params.items() if last.get(k) != v}
+               for name, params in given.items()}
+    if any(earlier.values()):
+        facts["other parameters of earlier notebooks"] = {k: v for k, v in earlier.items() if v}
     write_text(target / "run.json", json.dumps(facts, indent=1, default=str) + "\n")
     written.append(target / "run.json")
     return written
