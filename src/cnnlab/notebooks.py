@@ -120,9 +120,10 @@ MAX_NOTEBOOK_BYTES = 1024 * 1024
 # Words about how the project was made rather than what it shows (issue-tracker language).
 PROCESS_WORDS = ("SHORT RUN", "Honest numbers", "JPEG keeps the notebook small",
                  "do not edit by hand")
-# Lines of stream output one cell may show: a compact progress table fits; full per-epoch
-# Keras logs (``verbose``) do not.
-MAX_STREAM_LINES = 60
+# Lines of stream output one cell may show: the progress tables of one cell's models fit (three
+# backbones of a profile, up to 32 epochs each, a row per epoch, with their notices); Keras'
+# own logs (``verbose``, a line per step) do not.
+MAX_STREAM_LINES = 110
 # First names of dotted code names in markdown that refer to other libraries, and the module
 # each stands for; any other dotted name is looked up in cnnlab (``training.fine_tune`` is
 # ``cnnlab.training.fine_tune``).

@@ -209,8 +209,8 @@ class FeatureCache:
             "dtype_policy": self.extractor.dtype_policy.name, "keras": keras.__version__,
             "tensorflow": tf.__version__})
         print(f"{split}: {len(rows)} feature vectors computed in {seconds:.1f} s "
-              f"({len(rows) / max(seconds, 1e-9):.0f} img/s), cached in "
-              f"{display_path(path.parent)}/")
+              f"({len(rows) / max(seconds, 1e-9):.0f} img/s), cached under "
+              f"{display_path(path.parent.parent)}/")  # the folder, not its fingerprint
         return features, labels
 
 
