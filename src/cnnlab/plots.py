@@ -469,7 +469,7 @@ def plot_top_k(images: list[np.ndarray], table: pd.DataFrame, title: str = "") -
         ax_bar.set_ylabel("class")
         ax_bar.tick_params(labelsize=8)
     fig.suptitle(title or f"top-{table['rank'].max()} predicted classes")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # 0.4 in for the title
     return fig
 
 
