@@ -238,10 +238,14 @@ def test_the_cpu_profile_leaves_families_out_with_the_reason(capsys, monkeypatch
                         lambda backbone, *args, name, **kwargs: trained.append(name))
     fine_tuning.train_backbones(None, get_profile("cpu"))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("inception_v3, vgg16, efficientnet_b0, densenet121: not trained "
-                               "in the cpu profile: no ImageNet weights file offline")
+    assert lines[0].startswith("inception_v3: not trained in the cpu profile: no ImageNet "
+                               "weights file in the local weights folder")
+    assert lines[1].startswith("vgg16: not trained") and "scratch_recipes.md" in lines[1]
+    assert lines[2].startswith("efficientnet_b0, densenet121: not trained")
+    assert "course-project run" in lines[2]
+    assert not any("../" in line for line in lines)  # notebook outputs carry no ../ paths
     assert trained == ["mobilenet_v3_small_075", "mobilenet_v2", "mobilenet_v3_small_075_scratch"]
-    assert "mobilenet_v2: the cpu profile's settings for it: image_size=160" in lines[1]
+    assert "mobilenet_v2: the cpu profile's settings for it: image_size=160" in lines[3]
 
 
 def test_a_left_out_family_asked_for_by_name_is_trained():

@@ -200,11 +200,19 @@ class Profile:
 
 
 # The families without an ImageNet file offline, left out of the cpu profile's cards run.
-_NOT_ON_CPU = ("no ImageNet weights file offline (../shared/weights holds the two MobileNets), "
-               "and from random initialisation 60 images per class of 53 classes do not train "
-               "it meaningfully within this profile's CPU budget; the gpu profile fine-tunes it "
-               "from Keras' ImageNet weights, and the course-project runs train it from scratch "
-               "on the vehicles and weather sets (docs/course_projects.md)")
+_NOT_ON_CPU = ("no ImageNet weights file in the local weights folder (it holds the two "
+               "MobileNets), and from random initialisation 60 images per class of 53 classes "
+               "do not train it meaningfully within this profile's CPU budget; the gpu profile "
+               "fine-tunes it from Keras' ImageNet weights")
+_TRAINED_ELSEWHERE = {
+    "inception_v3": "",
+    "vgg16": "; from scratch it trains on the weather stand-in "
+             "(docs/benchmarks/scratch_recipes.md)",
+    "efficientnet_b0": "; from scratch it trains in the weather course-project run "
+                       "(docs/course_projects.md)",
+    "densenet121": "; from scratch it trains in the weather course-project run "
+                   "(docs/course_projects.md)",
+}
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
@@ -245,8 +253,7 @@ PROFILES: dict[str, Profile] = {
         backbones=("mobilenet_v3_small_075", "mobilenet_v2"),
         scratch_twins=("mobilenet_v3_small_075",),
         backbone_overrides={"mobilenet_v2": {"image_size": 160, "fine_tune_epochs": 6}},
-        left_out={name: _NOT_ON_CPU for name in ("inception_v3", "vgg16", "efficientnet_b0",
-                                                 "densenet121")},
+        left_out={name: _NOT_ON_CPU + where for name, where in _TRAINED_ELSEWHERE.items()},
     ),
     "gpu": Profile(
         name="gpu", image_size=224, custom_image_size=128, batch_size=64, custom_epochs=20,
