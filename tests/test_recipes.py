@@ -222,7 +222,7 @@ def test_a_backbone_from_scratch_trains_with_its_family_recipe(sample_root, proj
 
     row = fine_tune_stages(result).iloc[0]
     assert (row["stage"], row["head rate"], row["schedule"]) == (
-        "end to end", "0.001", "warm-up 20%, cosine")
+        "end to end", "0.0001", "warm-up 20%, cosine")  # vgg16's rate, 0.1 x base_lr
     assert row["backbone layers trained"] == "13 of 13 (all)"  # VGG16's 13 convolutions
 
 

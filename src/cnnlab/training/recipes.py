@@ -220,9 +220,11 @@ class ScratchRecipe:
 SCRATCH_RECIPES: dict[str, ScratchRecipe] = {
     recipe.name: recipe for recipe in (
         ScratchRecipe("default"),
-        # No BatchNorm in 13 convolutions: a longer warm-up and a clip (rate chosen on
-        # validation: 1e-3 over 1e-4, docs/benchmarks/scratch_recipes.json).
-        ScratchRecipe("vgg16", lr_scale=1.0, warmup=0.2, clipnorm=1.0),
+        # No BatchNorm in 13 convolutions: a longer warm-up and a clip. The rate is chosen on
+        # validation over both sets measured (docs/benchmarks/scratch_recipes.json): 1e-3 is
+        # slightly ahead on the weather stand-in but stays at chance on vehicles; 1e-4 trains
+        # on both.
+        ScratchRecipe("vgg16", lr_scale=0.1, warmup=0.2, clipnorm=1.0),
     )
 }
 
