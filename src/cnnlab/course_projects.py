@@ -111,10 +111,10 @@ COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in
         "class, confusion matrices, visualkeras diagrams", "no figure",
         "Zenodo 6634554 (../shared/datasets/vehicles): 6 classes of small 100x100 photos",
         "6 classes as the data has them instead of the course's 4, at 96 px (the photos are "
-        "100x100); VGG16 has no ImageNet file offline, and from random initialisation at its recipe's "
-        "earlier rate (1e-3) it did not leave chance level on these photos, so this run leaves "
-        "it out (its recipe's rate is now 1e-4, which trains on these photos and the weather "
-        "stand-in: docs/benchmarks/scratch_recipes.md) and the course's frozen VGG16 "
+        "100x100); VGG16 has no ImageNet file offline, and from random initialisation at its "
+        "recipe's earlier rate (1e-3) it did not leave chance level on these photos, so this "
+        "run leaves it out (its recipe's rate is now 1e-4, which trains on these photos and "
+        "the weather stand-in: docs/benchmarks/scratch_recipes.md) and the course's frozen VGG16 "
         "runs with `--weights imagenet`; a MobileNetV2 fine-tuned from ImageNet stands beside "
         "the course CNNs", "course_projects/vehicles", (("leaderboard.csv", "classification"),),
         f"{_RUN} --dataset vehicles --data-dir ../shared/datasets/vehicles --classes all "
