@@ -21,6 +21,7 @@ import pandas as pd
 
 from cnnlab.config import ProjectDirs, project_dirs
 from cnnlab.files import write_text
+from cnnlab.results import _interval, classification_row
 
 __all__ = ["CourseProject", "COURSE_PROJECTS", "PAGE_ASSET_BYTES", "publish_course_run",
            "run_id_of", "run_course_project", "course_projects_page",
@@ -221,18 +222,24 @@ def publish_course_run(key: str, run_id: str, dirs: ProjectDirs | None = None) -
     return written
 
 
+def _option(project: CourseProject, flag: str) -> str | None:
+    """The value of ``flag`` in a project's ``command_here``, or None when it is not given."""
+    import shlex
+
+    words = shlex.split(project.command_here)
+    return words[words.index(flag) + 1] if flag in words else None
+
+
 def run_id_of(project: CourseProject) -> str:
     """The ``--run-id`` of a project's ``command_here``.
 
     Raises:
         ValueError: If the command names none.
     """
-    import shlex
-
-    words = shlex.split(project.command_here)
-    if "--run-id" not in words:
+    run_id = _option(project, "--run-id")
+    if run_id is None:
         raise ValueError(f"{project.key}: its command names no --run-id")
-    return words[words.index("--run-id") + 1]
+    return run_id
 
 
 def run_course_project(key: str, dirs: ProjectDirs | None = None) -> list[Path]:
@@ -252,9 +259,6 @@ def run_course_project(key: str, dirs: ProjectDirs | None = None) -> list[Path]:
     subprocess.run([sys.executable, "-m", "cnnlab.cli", *words[1:]], check=True)
     return publish_course_run(key, run_id_of(project), dirs)
 
-
-def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _classification_rows(table: pd.DataFrame, link: str) -> list[str]:
@@ -417,8 +421,6 @@ def course_project_rows(docs: str | os.PathLike) -> list[dict]:
     Returns:
         Rows ``dataset, task, best model, result, time, source`` (links from the root).
     """
-    from cnnlab.results import classification_row
-
     rows = []
     for project in COURSE_PROJECTS.values():
         link = f"[course project]({section_link(project.key)})"
@@ -431,13 +433,7 @@ def course_project_rows(docs: str | os.PathLike) -> list[dict]:
         for name, kind in project.tables:
             path = Path(docs) / project.results / name
             if kind == "classification" and path.is_file():
-                rows.append(classification_row(path, _run_dataset(project), link))
+                rows.append(classification_row(path, _option(project, "--dataset") or project.key,
+                                                link))
     return rows
 
-
-def _run_dataset(project: CourseProject) -> str:
-    """The ``--dataset`` of a project's command here."""
-    import shlex
-
-    words = shlex.split(project.command_here)
-    return words[words.index("--dataset") + 1] if "--dataset" in words else project.key
