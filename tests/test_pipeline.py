@@ -402,12 +402,19 @@ def test_check_notebooks_finds_stale_names_long_logs_process_words_and_epoch_hal
     notebook.cells.append(figure)
     nbformat.write(notebook, path)
     text = "\n".join(check_notebooks([path]))
-    assert f"cell 2 prints {MAX_STREAM_LINES + 2} lines" in text
+    assert f"cell 2 prints {MAX_STREAM_LINES + 2} lines besides progress-table rows" in text
     assert "cell 2 says 'SHORT RUN'" in text
     assert "a markdown cell says 'Honest numbers'" in text
     assert "names `train.fine_tune`, which does not exist" in text
     assert "plot_history" not in text  # it resolves
     assert "a figure of cell 3 has epoch ticks [1.0, 1.5, 2.0]" in text
+    # A long progress table (a row per epoch, three models of 32 epochs) with its headers and
+    # notices is what a training cell should print.
+    rows = "".join(f"{epoch:>5}   2.2491   0.4830   2.0642       0.5660     70.3\n"
+                   for epoch in range(1, 97))
+    table = _executed(tmp_path / "02_x.ipynb", "run-1",
+                      ["stage 1:\nepoch     loss accuracy val_loss val_accuracy  seconds\n", rows])
+    assert check_notebooks([table], ["stream_lines"]) == []
     assert check_notebooks([path], ["size"]) == []
 
 
