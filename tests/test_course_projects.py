@@ -129,3 +129,20 @@ def test_each_published_project_names_its_run():
         run_id_of(COURSE_PROJECTS["airbnb"])
     assert run_id_of(COURSE_PROJECTS["cards"]) == "cards-cpu"  # the main run
 
+
+
+def test_the_committed_page_is_current_and_its_links_resolve():
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    page = (docs / "course_projects.md").read_text(encoding="utf-8")
+    assert page == course_projects_page(docs), "rerun: python scripts/course_projects.py"
+    for project in COURSE_PROJECTS.values():
+        assert f"## {project.title}" in page
+    links = re.findall(r"\]\(([^)#\s]+)\)", page)
+    local = [target for target in links if "://" not in target]
+    assert local, "the page links none of its files"
+    for target in local:
+        assert (docs / target).is_file(), f"docs/course_projects.md links a missing {target}"
+    assets = [p for p in (docs / "course_projects").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in assets) < 2 * 2**20

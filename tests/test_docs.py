@@ -59,11 +59,6 @@ def test_committed_notebooks_are_seven_clean_outputs_of_one_run():
                                        "epoch_ticks", "run_id"]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the committed outputs (run cards-cpu-final) predate the "
-                   "per-model progress table and the cpu profile's left-out families: notebook "
-                   "03 still streams Keras logs and 'SHORT RUN' lines, and notebook 05 was "
-                   "executed again on its own; the next full run must pass every check, which "
-                   "turns this into a failure until the mark goes")
 def test_committed_notebooks_pass_every_check():
     from cnnlab.notebooks import check_notebooks
 
