@@ -130,7 +130,6 @@ def test_each_published_project_names_its_run():
     assert run_id_of(COURSE_PROJECTS["cards"]) == "cards-cpu"  # the main run
 
 
-
 def test_the_committed_page_is_current_and_its_links_resolve():
     from pathlib import Path
 

@@ -260,7 +260,6 @@ def run_course_project(key: str, dirs: ProjectDirs | None = None) -> list[Path]:
     return publish_course_run(key, run_id_of(project), dirs)
 
 
-
 def _classification_rows(table: pd.DataFrame, link: str) -> list[str]:
     """Leaderboard rows, chosen on validation first; every number links to ``link``."""
     for column in ("val accuracy", "accuracy", "accuracy CI low", "accuracy CI high"):
