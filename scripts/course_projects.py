@@ -1,4 +1,4 @@
-"""Publishes a course project's run and writes docs/course_projects.md.
+"""Publishes a course project's run and writes docs/course_projects.md and README's results.
 
 Usage:
   python scripts/course_projects.py               # the page, from what is published
@@ -19,6 +19,7 @@ from cnnlab.course_projects import (
     run_course_project,
     write_course_projects_page,
 )
+from cnnlab.results import write_readme_results
 
 
 def main(argv: list[str]) -> int:
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> int:
             for path in publish_course_run(*argv):
                 print(path)
         print(write_course_projects_page())
+        print(write_readme_results())
     except (KeyError, FileNotFoundError, ValueError, subprocess.CalledProcessError) as error:
         print(error, file=sys.stderr)
         return 1

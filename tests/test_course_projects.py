@@ -19,6 +19,7 @@ def _leaderboard(path, rows):
 def _board_row(model, val, acc, weights="imagenet (local file x.h5)", collapsed=""):
     return {"model": model, "val accuracy": val, "accuracy": acc, "accuracy CI low": acc - 0.05,
             "accuracy CI high": acc + 0.03, "test images": 180, "train minutes": 2.5,
+            "image size": 96,
             "weights": weights, "collapsed": collapsed}
 
 
@@ -48,9 +49,24 @@ def test_the_page_has_every_project_and_links_every_number(tmp_path):
                       _board_row("efficientnet_b0", 0.26, 0.25, "none", "predicts 'a' for 100%")])
         (docs / "course_projects" / key / "run.json").write_text(json.dumps(
             {"run_id": f"{key}-cpu", "hardware": "CPU only: 2 cores"}))
+    benchmark = docs / "benchmarks" / "scratch_recipes.json"
+    benchmark.parent.mkdir()
+    benchmark.with_suffix(".md").write_text("# table")
+    benchmark.write_text(json.dumps({"runs": {"weather-mwd:inception_v3:75": {
+        "backbone": "inception_v3", "dataset": "weather-mwd", "classes": 4, "image_size": 75,
+        "epochs": 12, "chosen": {"lr": 1e-3, "test_accuracy": 0.8, "test_interval": [0.73, 0.86],
+                                 "test_images": 165}}}}))
     page = course_projects_page(docs)
     for project in COURSE_PROJECTS.values():
         assert f"## {project.title}" in page
+    families = page.split("## The five families, each trained")[1]
+    assert re.search(r"\| VGG16 \| `vgg16` \| Vehicles run, 6 classes, 96 px \| random init \| "
+                     r"\[0\.680 \[0\.630, 0\.710\] \(n=180\)\]\(course_projects/vehicles/"
+                     r"leaderboard\.csv\) \| 4\.1 \|", families), families
+    assert "| InceptionV3 | `inception_v3` | weather-mwd (from-scratch benchmark)" in families
+    assert "efficientnet_b0" not in families  # collapsed: no score of its family
+    assert "on at least one dataset: InceptionV3, VGG16; not yet: MobileNetV3, EfficientNet, " \
+        "DenseNet." in families
     assert "EfficientNetB7 76.04%" in page and "\"97.5%\"" in page and "R² 0.69" in page
     assert "Not run here" in page and "cnnlab run --dataset rpc" in page
     vehicles = page.split("## Vehicles")[1].split("## Weather")[0]
@@ -145,3 +161,17 @@ def test_the_committed_page_is_current_and_its_links_resolve():
         assert (docs / target).is_file(), f"docs/course_projects.md links a missing {target}"
     assets = [p for p in (docs / "course_projects").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in assets) < 2 * 2**20
+
+
+def test_the_readme_results_are_current(tmp_path):
+    from pathlib import Path
+
+    from cnnlab.config import project_dirs
+    from cnnlab.results import write_readme_results
+
+    root = Path(__file__).resolve().parents[1]
+    readme = tmp_path / "README.md"
+    readme.write_text((root / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
+    write_readme_results(project_dirs(root), readme)
+    assert readme.read_text(encoding="utf-8") == (root / "README.md").read_text(
+        encoding="utf-8"), "rerun: python scripts/course_projects.py"

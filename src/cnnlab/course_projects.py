@@ -26,7 +26,7 @@ from cnnlab.results import _interval, classification_row
 __all__ = ["CourseProject", "COURSE_PROJECTS", "PAGE_ASSET_BYTES", "publish_course_run",
            "run_id_of", "run_course_project", "course_projects_page",
            "write_course_projects_page", "section_link", "course_project_rows",
-           "link_course_projects"]
+           "link_course_projects", "FAMILIES", "family_rows"]
 
 # The page's own files (tables and figures under docs/course_projects/) stay small.
 PAGE_ASSET_BYTES = 2 * 1024 * 1024
@@ -56,6 +56,8 @@ class CourseProject:
         not_run: Why it is not run here (with ``results`` None).
         figures: For a project of the main run, its figures under ``docs/`` (a project with
             its own run shows the figures published beside its tables).
+        classes: Classes of its classification run here (chance is ``1 / classes``), None for
+            a regression project or one not run here.
     """
 
     key: str
@@ -71,6 +73,7 @@ class CourseProject:
     command_course: str
     not_run: str = ""
     figures: tuple[str, ...] = ()
+    classes: int | None = None
 
 
 _RUN = "cnnlab run --profile cpu --weights local --weights-dir ../shared/weights"
@@ -104,7 +107,7 @@ COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in
         "--run-id cards-cpu",
         "cnnlab run --dataset cards --profile gpu",
         figures=("figures/05_accuracy_vs_latency.png", "figures/03_val_accuracy.png",
-                 "figures/05_confused_block.png")),
+                 "figures/05_confused_block.png"), classes=53),
     CourseProject(
         "vehicles", "Vehicles",
         "car, bus, truck and motorcycle photos (the course's own folder)",
@@ -112,17 +115,16 @@ COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in
         "class, confusion matrices, visualkeras diagrams", "no figure",
         "Zenodo 6634554 (../shared/datasets/vehicles): 6 classes of small 100x100 photos",
         "6 classes as the data has them instead of the course's 4, at 96 px (the photos are "
-        "100x100); VGG16 has no ImageNet file offline, and from random initialisation at its "
-        "recipe's earlier rate (1e-3) it did not leave chance level on these photos, so this "
-        "run leaves it out (its recipe's rate is now 1e-4, which trains on these photos and "
-        "the weather stand-in: docs/benchmarks/scratch_recipes.md) and the course's frozen VGG16 "
-        "runs with `--weights imagenet`; a MobileNetV2 fine-tuned from ImageNet stands beside "
+        "100x100); VGG16 has no ImageNet file offline, so it trains end to end from random "
+        "initialisation with its from-scratch recipe (peak rate 1e-4, 12 epochs; "
+        "docs/benchmarks/scratch_recipes.md) where the course froze an ImageNet VGG16 (that "
+        "runs with `--weights imagenet`); a MobileNetV2 fine-tuned from ImageNet stands beside "
         "the course CNNs", "course_projects/vehicles", (("leaderboard.csv", "classification"),),
         f"{_RUN} --dataset vehicles --data-dir ../shared/datasets/vehicles --classes all "
-        "--custom-models retail_cnn,vehicles_cnn_bn --backbones mobilenet_v2 "
+        "--custom-models retail_cnn,vehicles_cnn_bn --backbones vgg16,mobilenet_v2 "
         "--image-size 96 --only 01,02,03,05,06 --run-id vehicles-cpu",
         "cnnlab run --dataset vehicles --data-dir PATH/TO/VEHICLES --profile gpu "
-        "--backbones vgg16"),
+        "--backbones vgg16", classes=6),
     CourseProject(
         "weather", "Weather",
         "Kaggle `jehanbhathena/weather-dataset`: 6,862 photos of 11 weather phenomena",
@@ -138,7 +140,8 @@ COURSE_PROJECTS: dict[str, CourseProject] = {project.key: project for project in
         "--backbones efficientnet_b0,densenet121,mobilenet_v2 --only 01,03,05,06 "
         "--images-dir '../shared/datasets/houses/Houses Dataset' --images-glob '*_frontal.jpg' "
         "--image-size 128 --run-id weather-cpu",
-        "cnnlab run --dataset weather --profile gpu --backbones efficientnet_b0,densenet121"),
+        "cnnlab run --dataset weather --profile gpu --backbones efficientnet_b0,densenet121",
+        classes=4),
     CourseProject(
         "airbnb", "House and Airbnb prices (mixed data)",
         "Airbnb Madrid listings (OpenDataSoft export, 2017) with their photos, which are gone",
@@ -350,7 +353,92 @@ def course_projects_page(docs: str | os.PathLike) -> str:
         lines += [f"![{Path(name).stem}]({name})" for name in figures]
         lines += ["" if figures else "", "Reproduce here, then on the course's own dataset:", "",
                   f"```bash\n{project.command_here}\n{project.command_course}\n```", ""]
+    lines += family_rows(docs)
     return "\n".join(lines).rstrip() + "\n"
+
+
+# The five backbone families of the course projects (a model belongs to a family when its
+# keras.applications constructor's name starts with it), and the from-scratch benchmark.
+FAMILIES = ("InceptionV3", "VGG16", "MobileNetV3", "EfficientNet", "DenseNet")
+SCRATCH_BENCHMARK = "benchmarks/scratch_recipes.json"
+
+
+def _family_of(model: str) -> str | None:
+    """The family of a leaderboard model name (``_scratch`` twins included), or None."""
+    from cnnlab.models.backbones import BACKBONES
+
+    spec = BACKBONES.get(model.removesuffix("_scratch"))
+    return next((f for f in FAMILIES if spec and spec.application.startswith(f)), None)
+
+
+def family_rows(docs: str | os.PathLike) -> list[str]:
+    """The page's family section: every published test score of each of :data:`FAMILIES`.
+
+    Rows come from the course projects' published leaderboards (chance from
+    ``CourseProject.classes``) and the chosen runs of the from-scratch benchmark
+    (:data:`SCRATCH_BENCHMARK`), collapsed runs left out; each number links to its file. A
+    closing line names the families at 3x chance or more somewhere, and those that are not.
+
+    Args:
+        docs: The ``docs/`` folder.
+
+    Returns:
+        Markdown lines.
+    """
+    docs = Path(docs)
+    found: dict[str, list[tuple[str, float]]] = {family: [] for family in FAMILIES}
+    for project in COURSE_PROJECTS.values():
+        if project.results is None or project.classes is None:
+            continue
+        for name, kind in project.tables:
+            path = docs / project.results / name
+            if kind != "classification" or not path.is_file():
+                continue
+            link = f"{project.results}/{name}"
+            table = pd.read_csv(path)
+            for _, row in table.iterrows():
+                family = _family_of(row["model"])
+                if family is None or (pd.notna(row.get("collapsed")) and row.get("collapsed")):
+                    continue  # a collapsed run is no score of its family
+                weights = str(row.get("weights", "")).split(" (")[0]
+                weights = {"imagenet": "ImageNet", "none": "random init"}.get(weights.lower(),
+                                                                       weights)
+                test = _interval(row["accuracy"], row["accuracy CI low"],
+                                 row["accuracy CI high"])
+                times = row["accuracy"] * project.classes
+                found[family].append((
+                    f"| {family} | `{row['model']}` | {project.title} run, {project.classes} "
+                    f"classes, {int(row['image size'])} px | {weights} | "
+                    f"[{test} (n={int(row['test images'])})]({link}) | {times:.1f} |", times))
+    benchmark = docs / SCRATCH_BENCHMARK
+    runs = json.loads(benchmark.read_text())["runs"] if benchmark.is_file() else {}
+    for entry in runs.values():
+        family, chosen = _family_of(entry["backbone"]), entry.get("chosen")
+        if family is None or not chosen:
+            continue
+        low, high = chosen["test_interval"]
+        times = chosen["test_accuracy"] * entry["classes"]
+        found[family].append((
+            f"| {family} | `{entry['backbone']}` | {entry['dataset']} (from-scratch "
+            f"benchmark), {entry['classes']} classes, {entry['image_size']} px | random init, "
+            f"{entry['epochs']} epochs, rate {chosen['lr']:g} chosen on validation | "
+            f"[{_interval(chosen['test_accuracy'], low, high)} (n={chosen['test_images']})]"
+            f"({SCRATCH_BENCHMARK}) | {times:.1f} |", times))
+    source = (" and the from-scratch benchmark ([scratch_recipes.md]"
+              "(benchmarks/scratch_recipes.md))" if benchmark.is_file() else "")
+    lines = ["## The five families, each trained", "",
+             "Every published test score of the five backbone families the course projects "
+             f"use (collapsed runs left out), from the runs above{source}; × chance is test "
+             "accuracy times the number of classes.", "",
+             "| family | model | data | starts from | test accuracy [95% CI] (n) | × chance |",
+             "|---|---|---|---|---|---|"]
+    for family in FAMILIES:
+        lines += [line for line, _ in found[family]]
+    reached = [f for f in FAMILIES if any(times >= 3 for _, times in found[f])]
+    missed = [f for f in FAMILIES if f not in reached]
+    lines += ["", f"At 3x chance or more on at least one dataset: {', '.join(reached) or 'none'}"
+              + (f"; not yet: {', '.join(missed)}." if missed else "."), ""]
+    return lines
 
 
 def write_course_projects_page(dirs: ProjectDirs | None = None) -> Path:

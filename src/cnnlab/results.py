@@ -287,10 +287,9 @@ def publish_run(run_id: str, dirs: ProjectDirs | None = None, readme: Path | Non
         raise ValueError("not published:\n" + "\n".join(problems))
     readme = readme or dirs.root / "README.md"
     text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
+    if START not in text or END not in text:  # checked before anything is copied
         raise ValueError(f"{readme.name} has no {START} ... {END} block to fill")
     notebook = nbformat.read(executed[0], as_version=4)
-    parameters = notebook.metadata.get("papermill", {}).get("parameters", {})
     hardware = notebook.metadata.get("cnnlab", {}).get("hardware", "hardware not recorded")
     written = []
     for path in executed:
@@ -308,6 +307,40 @@ def publish_run(run_id: str, dirs: ProjectDirs | None = None, readme: Path | Non
     page = dirs.root / "docs" / "results.md"
     write_text(page, _results_page(results, run_id, hardware) + "\n")
     written.append(page)
+    written.append(write_readme_results(dirs, readme))
+    return written
+
+
+def write_readme_results(dirs: ProjectDirs | None = None, readme: Path | None = None) -> Path:
+    """Rewrites README's results block and notebook times from the committed files.
+
+    The block (between ``<!-- results:start -->`` and ``<!-- results:end -->``) comes from
+    the committed run (``notebooks/``'s parameters and hardware, ``docs/results/``) and the
+    published course projects (``docs/course_projects/``), so publishing either refreshes it.
+
+    Args:
+        dirs: Project folders.
+        readme: README to update (default: ``README.md`` at the root).
+
+    Returns:
+        The README's path (temporary name, then renamed).
+
+    Raises:
+        FileNotFoundError: If ``notebooks/01_download_eda.ipynb`` is missing.
+        ValueError: If the README has no markers, or a table cannot choose on validation.
+    """
+    import nbformat
+
+    dirs = dirs or project_dirs()
+    readme = readme or dirs.root / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise ValueError(f"{readme.name} has no {START} ... {END} block to fill")
+    notebook = nbformat.read(dirs.root / "notebooks" / NOTEBOOKS[0], as_version=4)
+    parameters = notebook.metadata.get("papermill", {}).get("parameters", {})
+    hardware = notebook.metadata.get("cnnlab", {}).get("hardware", "hardware not recorded")
+    run_id = parameters.get("run_id") or "the committed run"
+    results = dirs.root / "docs" / "results"
     from cnnlab.course_projects import course_project_rows, link_course_projects
 
     rows = link_course_projects(results_rows(results, run_id, parameters))
@@ -319,8 +352,7 @@ def publish_run(run_id: str, dirs: ProjectDirs | None = None, readme: Path | Non
     if (results / "timings.csv").is_file():
         text = fill_notebook_times(text, pd.read_csv(results / "timings.csv"))
     write_text(readme, text)
-    written.append(readme)
-    return written
+    return readme
 
 
 def main(argv: list[str] | None = None) -> int:
