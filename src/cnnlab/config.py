@@ -205,8 +205,10 @@ _NOT_ON_CPU = ("no ImageNet weights file in the local weights folder (it holds t
                "do not train it meaningfully within this profile's CPU budget; the gpu profile "
                "fine-tunes it from Keras' ImageNet weights")
 _TRAINED_ELSEWHERE = {
-    "inception_v3": "",
-    "vgg16": "; from scratch it trains on the weather stand-in "
+    "inception_v3": "; from scratch it trains on the weather stand-in at 75 px "
+                    "(docs/benchmarks/scratch_recipes.md)",
+    "vgg16": "; from scratch it trains in the vehicles course-project run "
+             "(docs/course_projects.md) and on the weather stand-in "
              "(docs/benchmarks/scratch_recipes.md)",
     "efficientnet_b0": "; from scratch it trains in the weather course-project run "
                        "(docs/course_projects.md)",
