@@ -21,6 +21,12 @@ def shared_path() -> Path:
     return Path(os.environ.get("CNNLAB_SHARED_DIR") or REPO.parent / "shared")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests (marker ``slow``, minutes each) first: with several workers
+    (``make test`` runs pytest-xdist) they start at once instead of finishing last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     """Closes the figures a test made: plot functions return theirs open, for the caller."""
