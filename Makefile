@@ -36,12 +36,13 @@ run: install
 	$(BIN)/cnnlab run --dataset $(DATASET) --profile $(PROFILE) --weights $(WEIGHTS) \
 		--mixed-dataset $(MIXED_DATASET) $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(ARGS)
 
-# Tests run in TEST_WORKERS processes (pytest-xdist; most tests keep one core busy), the
-# end-to-end ones first (tests/conftest.py), so that they do not finish last.
+# Tests run in TEST_WORKERS processes (pytest-xdist; most tests keep one core busy), handed
+# out one at a time, the longest first (tests/conftest.py), so that they do not finish last.
 TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadgroup
 
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(ARGS)
 
 # A second environment pinned to Google Colab's preinstalled versions (TensorFlow 2.20, Keras
 # 3.13, NumPy 2.1, ...): every unit test must pass there too. The end-to-end notebook tests
@@ -58,10 +59,10 @@ $(COLAB_VENV)/.installed: requirements.txt pyproject.toml
 
 test-colab: $(COLAB_VENV)/.installed
 	$(COLAB_VENV)/bin/python -c "import tensorflow as tf, keras, numpy; print('colab env:', 'tensorflow', tf.__version__, 'keras', keras.__version__, 'numpy', numpy.__version__)"
-	$(COLAB_VENV)/bin/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(ARGS)
+	$(COLAB_VENV)/bin/python -m pytest $(XDIST) -m "not slow" $(ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -21,10 +21,17 @@ def shared_path() -> Path:
     return Path(os.environ.get("CNNLAB_SHARED_DIR") or REPO.parent / "shared")
 
 
+def _expected_minutes(item) -> float:
+    slow = item.get_closest_marker("slow")
+    return slow.kwargs.get("minutes", 1) if slow else 0
+
+
 def pytest_collection_modifyitems(config, items):
-    """The end-to-end tests (marker ``slow``, minutes each) first: with several workers
-    (``make test`` runs pytest-xdist) they start at once instead of finishing last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest tests first (``slow(minutes=...)``, then other ``slow`` ones): ``make test``
+    hands tests to its pytest-xdist workers one at a time in this order (``--dist
+    loadgroup``), so the two end-to-end runs start at once on different workers instead of
+    one after the other at the end."""
+    items.sort(key=lambda item: -_expected_minutes(item))
 
 
 @pytest.fixture(autouse=True)

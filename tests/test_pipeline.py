@@ -39,7 +39,7 @@ def offline_assets(shared_dir, monkeypatch, tmp_path):
     return shared_dir
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=10)
 def test_all_seven_notebooks_run_on_real_data_with_smoke_profile(project, offline_assets):
     """Every notebook on the shared assets: cards, vehicles for 04, Houses, Airbnb CSVs, local
     weights and DeepLab files. (The generated sample runs in the offline `make run` test.)"""
@@ -331,7 +331,7 @@ def test_publish_run_commits_the_run_and_writes_readme_results_from_its_files(pr
         publish_run("r1", project, readme)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=10)
 def test_make_run_completes_offline_without_shared_and_says_what_it_fell_back_to(tmp_path):
     """A newcomer's `make run`: a fresh folder with no ../shared and every download refused."""
     root = tmp_path / "newcomer"  # tmp_path/shared does not exist: no ../shared beside it
