@@ -263,6 +263,12 @@ def run_course_project(key: str, dirs: ProjectDirs | None = None) -> list[Path]:
     return publish_course_run(key, run_id_of(project), dirs)
 
 
+def _collapsed(row: pd.Series) -> str:
+    """A leaderboard row's collapse reason ("" when the run did not collapse)."""
+    reason = row.get("collapsed")
+    return str(reason) if pd.notna(reason) and reason else ""
+
+
 def _classification_rows(table: pd.DataFrame, link: str) -> list[str]:
     """Leaderboard rows, chosen on validation first; every number links to ``link``."""
     for column in ("val accuracy", "accuracy", "accuracy CI low", "accuracy CI high"):
@@ -273,7 +279,7 @@ def _classification_rows(table: pd.DataFrame, link: str) -> list[str]:
              "train minutes |", "|---|---|---|---|---|"]
     for _, row in ranked.iterrows():
         weights = str(row.get("weights", "")).split(" (local file")[0]
-        collapsed = str(row.get("collapsed", "") if pd.notna(row.get("collapsed")) else "")
+        collapsed = _collapsed(row)
         name = f"`{row['model']}`" + (f" (collapsed: {collapsed})" if collapsed else "")
         test = _interval(row["accuracy"], row["accuracy CI low"], row["accuracy CI high"])
         minutes = row.get("train minutes")
@@ -398,7 +404,7 @@ def family_rows(docs: str | os.PathLike) -> list[str]:
             table = pd.read_csv(path)
             for _, row in table.iterrows():
                 family = _family_of(row["model"])
-                if family is None or (pd.notna(row.get("collapsed")) and row.get("collapsed")):
+                if family is None or _collapsed(row):
                     continue  # a collapsed run is no score of its family
                 weights = str(row.get("weights", "")).split(" (")[0]
                 weights = {"imagenet": "ImageNet", "none": "random init"}.get(weights.lower(),
