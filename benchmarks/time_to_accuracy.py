@@ -20,20 +20,21 @@ interval) and wall time (mean and standard deviation), the paired difference (b)
 accuracy with its 95% bootstrap interval (pairs: each test image under each seed,
 ``cnnlab.evaluation.metrics.paired_difference``; "better" only where it excludes zero), the
 time (b) needs to reach (a)'s best validation accuracy (its best epoch, not its last), and the
-1-minute load average before and after, a row measured above one load per core marked busy:
-its timings are not comparable. With ``--ablation DATASET:BACKBONE`` it also runs
-``fine_tune`` with the recipe changed one ingredient at a time from the plain recipe's stage 2
-to the default, to show what each bought; the backbone features are cached before the first
-ablation row is timed, so every row starts from the same cache state.
+1-minute load average before and after each seed and the CPU other processes used during each
+arm (``with_other_work``); a row where other work took over ``OTHER_WORK_LIMIT`` of the cores
+is marked busy, its timings not comparable (``_busy``). With ``--ablation DATASET:BACKBONE``
+it also runs ``fine_tune`` with the recipe changed one ingredient at a time from the plain
+recipe's stage 2 to the default, to show what each bought; the backbone features are cached
+before the first ablation row is timed, so every row starts from the same cache state.
 
 Results are merged into ``docs/benchmarks/time_to_accuracy.json`` (one entry per dataset,
 backbone and image size, with the settings it was measured with; temporary name, then
 renamed) and rendered to ``docs/benchmarks/time_to_accuracy.md``. A row too long for one
-sitting (the cards subset with MobileNetV2 takes over an hour per seed on 2 CPU cores) can be
-measured a seed at a time: ``--add-seeds`` adds the seeds of this process to the row measured
-earlier, refused if any setting (profile, epochs, plain recipe, TensorFlow and Keras versions)
-differs or a seed is measured already. Each seed records the 1-minute load before and after
-it. Runs write their files under a temporary project folder.
+sitting (the JSON records each arm's seconds per seed) can be measured a seed at a time:
+``--add-seeds`` adds the seeds of this process to the row measured earlier, refused if any
+setting (profile, epochs, plain recipe, TensorFlow and Keras versions) differs or a seed is
+measured already. Each seed records the 1-minute load before and after it. Runs write their
+files under a temporary project folder.
 
 Usage:
   python benchmarks/time_to_accuracy.py [--datasets cards vehicles] [--seeds 0 1 2]
@@ -50,6 +51,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -71,6 +73,7 @@ from cnnlab.training.recipes import RECIPES, get_recipe
 SEEDS = (0, 1, 2)
 PLAIN = {"head_epochs": 8, "head_lr": 1e-3, "epochs": 12, "lr": 2e-4, "batch_size": 32}
 DATASET_OPTIONS = {"cards": {}, "vehicles": {"classes": ["all"]}, "weather-mwd": {}}
+OTHER_WORK_LIMIT = 0.25  # share of the cores other processes may use during an arm
 
 
 class EpochClock(keras.callbacks.Callback):
@@ -310,13 +313,64 @@ def check_mergeable(key: str, earlier: dict, settings: dict, seeds: list[int]) -
 
 def _print(label: str, run: dict) -> None:
     low, high = run["test_interval"]
+    others = (f", other processes {run['other_cpu_cores']:.2f} cores"
+              if "other_cpu_cores" in run else "")
     print(f"{label}: test {run['test_accuracy']:.3f} [{low:.3f}, {high:.3f}] "
-          f"(n={run['test_images']}), {run['seconds']:.0f} s")
+          f"(n={run['test_images']}), {run['seconds']:.0f} s{others}")
 
 
-def _busy(load: list[float], cores: int) -> bool:
-    """Whether a row was measured above one load per core (its timings not comparable)."""
-    return max(load) > cores
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds every process on the machine has used, this process's), or None off Linux.
+
+    The machine's figure is the busy part of ``/proc/stat``'s first line (user, nice, system,
+    irq, softirq, steal; proc(5)) over ``SC_CLK_TCK``; this process's is ``os.times()`` user +
+    system, every thread included (TensorFlow's and tf.data's threads are threads, not
+    children).
+    """
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return (user + nice + system + irq + softirq + steal) / ticks, own.user + own.system
+
+
+def with_other_work(arm: Callable[..., dict], *args) -> dict:
+    """Runs one timed arm, ``arm(*args)``, and adds the CPU other processes used meanwhile.
+
+    Returns:
+        The arm's result with ``other_cpu_cores`` (float, cores: the machine's CPU seconds
+        less this process's, over the arm's wall seconds), left out off Linux.
+    """
+    start, began = _cpu_seconds(), time.perf_counter()
+    result = arm(*args)
+    end, wall = _cpu_seconds(), time.perf_counter() - began
+    if start is not None and end is not None:
+        result["other_cpu_cores"] = round(((end[0] - start[0]) - (end[1] - start[1])) / wall, 3)
+    return result
+
+
+def _other_work(run: dict) -> list[float]:
+    """Every arm's ``other_cpu_cores`` in a row; empty if an arm predates the measurement."""
+    others = [arm.get("other_cpu_cores") for name in ("plain", "fine_tune") for arm in run[name]]
+    return [] if None in others else others
+
+
+def _busy(run: dict) -> bool:
+    """Whether other work shared the machine during a row (its timings not comparable).
+
+    The 1-minute load after an arm counts the benchmark's own threads (on 2 cores a lone run
+    ends at a load of 2.0 to 2.3), so it decides nothing. Where every arm recorded it, the
+    row is busy if other processes used more than ``OTHER_WORK_LIMIT`` of the cores during an
+    arm; in rows measured before that was recorded, if the load before a seed was above one
+    per core.
+    """
+    others = _other_work(run)
+    if others:
+        return max(others) > OTHER_WORK_LIMIT * run["cores"]
+    return max(run["load_average"][0::2]) > run["cores"]
 
 
 def render_markdown(report: dict) -> str:
@@ -331,7 +385,12 @@ def render_markdown(report: dict) -> str:
              "seeds; (b) - (a) is the paired "
              "difference with its 95% bootstrap interval over (seed, test image) pairs, a "
              "gain only where the interval excludes zero. The target is (a)'s best "
-             "validation accuracy.", "",
+             "validation accuracy. The load column gives the 1-minute loads before and after "
+             "each seed; the load after counts the benchmark's own threads. \"others\" is "
+             "the most CPU other processes used during any arm (from /proc/stat, in rows "
+             "measured since it was recorded). A row is marked BUSY, its timings not "
+             f"comparable, where others used over {OTHER_WORK_LIMIT:.0%} of the cores, or, "
+             "in earlier rows, where the load before a seed exceeded the cores.", "",
              "| dataset | backbone | px | seeds | (a) plain Keras: test | (a) s | "
              "(b) fine_tune: test | (b) s | (b) - (a) [95% CI] | (b) reaches (a)'s best val "
              "acc after | ratio to (a)'s time | load (1 min) | measured |",
@@ -346,8 +405,10 @@ def render_markdown(report: dict) -> str:
         ratio = "" if reach is None else f"{run['ratio_to_plain']:.2f}"
         verdict = "" if gain["excludes zero"] else " (within noise)"
         load = f"{min(run['load_average']):.1f}–{max(run['load_average']):.1f}"
-        busy = " BUSY: timings not comparable" if _busy(run["load_average"], run["cores"]) \
-            else ""
+        others = _other_work(run)
+        if others:
+            load += f"; others ≤ {max(others):.2f} cores"
+        busy = " BUSY: timings not comparable" if _busy(run) else ""
         lines.append(
             f"| {run['dataset']} | {run['backbone']} | {run['image_size']} | {a['seeds']} | "
             f"{a['test_accuracy_mean']:.3f} ± {a['test_accuracy_sd']:.3f} | "
@@ -452,12 +513,13 @@ def main() -> None:
                   + (f" (added to seeds {earlier['seeds']})" if earlier else ""))
             for seed in args.seeds:
                 before = os.getloadavg()[0]
-                plain.append({"seed": seed, **plain_recipe(
-                    manifest_for(dataset), backbone, weights_file(backbone), args.image_size,
-                    root / f"{dataset}-{backbone}-{seed}", seed)})
+                plain.append({"seed": seed, **with_other_work(
+                    plain_recipe, manifest_for(dataset), backbone, weights_file(backbone),
+                    args.image_size, root / f"{dataset}-{backbone}-{seed}", seed)})
                 _print(f"(a) plain Keras recipe, seed {seed}", plain[-1])
-                ours.append({"seed": seed, **cnnlab_fine_tune(
-                    data_for(dataset, seed), backbone, weights_dir, profile, dirs, seed)})
+                ours.append({"seed": seed, **with_other_work(
+                    cnnlab_fine_tune, data_for(dataset, seed), backbone, weights_dir, profile,
+                    dirs, seed)})
                 _print(f"(b) cnnlab fine_tune, seed {seed}", ours[-1])
                 loads += [round(before, 2), round(os.getloadavg()[0], 2)]
             row = comparison_row(plain, ours)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,58 @@ def test_the_row_summarises_seeds_and_pairs_each_test_image():
     ours[1]["files"] = list(reversed(ours[1]["files"]))
     with pytest.raises(ValueError, match="different test images"):
         tta.comparison_row(plain, ours)
+
+
+def _row(loads, others=(None, None), cores=2):
+    plain, ours = [_arm(0, [1, 0] * 10, 100.0)], [_arm(0, [1, 1] * 10, 80.0)]
+    for arm, other in zip(plain + ours, others):
+        if other is not None:
+            arm["other_cpu_cores"] = other
+    return {**tta.comparison_row(plain, ours), "plain": plain, "fine_tune": ours,
+            "load_average": list(loads), "cores": cores, "dataset": "cards",
+            "backbone": "mobilenet_v2", "image_size": 160, "measured": "2026-12-07"}
+
+
+def test_a_row_is_busy_for_other_work_not_for_its_own_threads():
+    # A lone run on 2 cores ends at a load of about 2.3: its own threads, not other work.
+    assert not tta._busy(_row([0.3, 2.3]))
+    assert tta._busy(_row([2.5, 2.3]))  # before /proc/stat was read: the load before a seed
+    assert not tta._busy(_row([2.5, 2.3], others=(0.02, 0.1)))
+    assert tta._busy(_row([0.3, 2.3], others=(0.02, 0.9)))
+    mixed = _row([0.3, 2.3], others=(0.02, None))  # an arm that predates the measurement
+    assert tta._other_work(mixed) == [] and not tta._busy(mixed)
+    table = tta.render_markdown({"runs": {"k": _row([0.3, 2.3], others=(0.02, 0.9))}})
+    assert "others ≤ 0.90 cores BUSY" in table
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
+def test_other_work_counts_another_process_and_not_this_one():
+    def spin_child():
+        subprocess.run([sys.executable, "-c",
+                        "import time\nt = time.process_time()\n"
+                        "while time.process_time() - t < 1.0: pass"], check=True)
+        return {}
+
+    def spin_here():
+        t = time.process_time()
+        while time.process_time() - t < 1.0:
+            pass
+        return {}
+
+    before = tta._cpu_seconds()
+    spin_here()
+    middle = tta._cpu_seconds()
+    child = tta.with_other_work(spin_child)
+    after = tta._cpu_seconds()
+    # This process's own CPU second counts as its own, and as the machine's.
+    assert middle[1] - before[1] >= 0.9 and middle[0] - before[0] >= 0.9
+    # The child's CPU second is the machine's, not this process's: other work (other pytest
+    # workers may add to it, never subtract).
+    assert after[1] - middle[1] < 0.5 and after[0] - middle[0] >= 0.9
+    assert child["other_cpu_cores"] > 0.5
+
+
+def test_the_committed_table_is_rendered_from_the_committed_json():
+    folder = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    report = json.loads((folder / "time_to_accuracy.json").read_text())
+    assert (folder / "time_to_accuracy.md").read_text() == tta.render_markdown(report)
