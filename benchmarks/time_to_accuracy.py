@@ -362,10 +362,10 @@ def _busy(run: dict) -> bool:
     """Whether other work shared the machine during a row (its timings not comparable).
 
     The 1-minute load after an arm counts the benchmark's own threads (on 2 cores a lone run
-    ends at a load of 2.0 to 2.3), so it decides nothing. Where every arm recorded it, the
-    row is busy if other processes used more than ``OTHER_WORK_LIMIT`` of the cores during an
-    arm; in rows measured before that was recorded, if the load before a seed was above one
-    per core.
+    ended at loads of 2.0 to 2.4 in the committed rows), so it decides nothing. Where every
+    arm recorded it, the row is busy if other processes used more than ``OTHER_WORK_LIMIT``
+    of the cores during an arm; in rows measured before that was recorded, if the load before
+    a seed was above one per core.
     """
     others = _other_work(run)
     if others:
