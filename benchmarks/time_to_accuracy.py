@@ -409,6 +409,7 @@ def render_markdown(report: dict) -> str:
         if others:
             load += f"; others ≤ {max(others):.2f} cores"
         busy = " BUSY: timings not comparable" if _busy(run) else ""
+        measured = ", ".join(dict.fromkeys(run["measured"].split(", ")))  # each date once
         lines.append(
             f"| {run['dataset']} | {run['backbone']} | {run['image_size']} | {a['seeds']} | "
             f"{a['test_accuracy_mean']:.3f} ± {a['test_accuracy_sd']:.3f} | "
@@ -416,7 +417,7 @@ def render_markdown(report: dict) -> str:
             f"{b['test_accuracy_mean']:.3f} ± {b['test_accuracy_sd']:.3f} | "
             f"{b['seconds_mean']:.0f} ± {b['seconds_sd']:.0f} | "
             f"{gain['difference']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]{verdict} | "
-            f"{reached} | {ratio} | {load}{busy} | {run['measured']} |")
+            f"{reached} | {ratio} | {load}{busy} | {measured} |")
     for key in sorted(report.get("ablations", {})):
         ablation = report["ablations"][key]
         if "cache_warmed" not in ablation:  # timed before every row had the same cache state
