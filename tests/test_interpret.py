@@ -115,6 +115,18 @@ def test_gradcam_on_flat_cnn_equals_cam(trained):
                                atol=1e-4)
 
 
+def test_gradcam_check_allows_round_off_and_refuses_another_network(trained, monkeypatch):
+    model = trained["flat"].model
+    images = _images(trained["test"], 32)
+    predict = model.predict_on_batch
+    # Eager against compiled round-off (up to about 1e-3 in probability) is the same network.
+    monkeypatch.setattr(model, "predict_on_batch", lambda x: predict(x) + 2e-3)
+    gradcam_heatmaps(model, images)
+    monkeypatch.setattr(model, "predict_on_batch", lambda x: predict(x)[:, ::-1])
+    with pytest.raises(ValueError, match="not a chain of layers"):
+        gradcam_heatmaps(model, images)
+
+
 def test_unknown_layer_names_the_candidates(nested):
     with pytest.raises(ValueError, match="mobilenet_v3_small_075/conv_1"):
         gradcam_model(nested.model, "no_such_layer")

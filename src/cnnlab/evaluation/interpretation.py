@@ -152,6 +152,12 @@ def gradcam_model(model: keras.Model, layer: str | None = None) -> keras.Model:
     return keras.Model(inputs, [features, x], name=f"{model.name}_gradcam")
 
 
+# How far the rebuilt chain's probabilities may stray from ``model.predict_on_batch``: the
+# chain runs eagerly, predict through a compiled graph whose fused kernels round differently;
+# on a barely trained EfficientNetB0 (smoke profile) that alone reached 1.05e-3.
+REBUILD_ATOL = 1e-2
+
+
 def gradcam_heatmaps(model: keras.Model, images: np.ndarray,
                      class_indices: np.ndarray | None = None, layer: str | None = None,
                      check: bool = True) -> np.ndarray:
@@ -174,7 +180,8 @@ def gradcam_heatmaps(model: keras.Model, images: np.ndarray,
         where no location raises the class score).
 
     Raises:
-        ValueError: If the rebuilt model's probabilities differ from ``model``'s.
+        ValueError: If the rebuilt model's probabilities differ from ``model``'s by more
+            than ``REBUILD_ATOL``.
     """
     images = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
     explainer = gradcam_model(model, layer)
@@ -188,7 +195,7 @@ def gradcam_heatmaps(model: keras.Model, images: np.ndarray,
     if check:
         expected = np.asarray(model.predict_on_batch(images), dtype=np.float32)
         rebuilt = tf.nn.softmax(logits).numpy()
-        if not np.allclose(expected, rebuilt, atol=1e-3):
+        if not np.allclose(expected, rebuilt, atol=REBUILD_ATOL):
             raise ValueError(
                 f"{model.name} is not a chain of layers that Grad-CAM can rebuild (its "
                 f"probabilities differ by up to {np.abs(expected - rebuilt).max():.3g}); "
