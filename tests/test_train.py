@@ -481,19 +481,23 @@ def test_op_determinism_gives_the_same_metrics_on_cpu(sample_root, tmp_path):
 
 
 def test_short_real_fine_tune_beats_its_own_frozen_stage(project, shared_dir):
-    """On real photos (vehicles, 6 classes) stage 2 must add to what the frozen head learned."""
+    """On real photos (vehicles, 6 classes) stage 2 must add to what the frozen head learned.
+
+    At 128 px the gain on the 180 test images was +0.07 to +0.15 over seeds 0-5; at 96 px
+    it was +0.02 to +0.13, and a +0.022 failed CI once, so the test runs at 128 px.
+    """
     from cnnlab.data.datasets import prepare_dataset
     from cnnlab.data.pipeline import split_dataset
 
     manifest = prepare_dataset("vehicles", shared_dir / "datasets" / "vehicles", project,
                                classes=["all"])
     train_module.seed_everything(0)
-    data = TrainingData(manifest, 96, 32, hflip=True, seed=0, max_train_per_class=40)
+    data = TrainingData(manifest, 128, 32, hflip=True, seed=0, max_train_per_class=40)
     result = fine_tune("mobilenet_v3_small_075", data, freeze_epochs=10, epochs=4,
                        weights="local", weights_dir=shared_dir / "weights", dirs=project,
                        save=False, verbose=0)
     test_rows = manifest.split("test")
-    test = split_dataset(test_rows, 96, 64)
+    test = split_dataset(test_rows, 128, 64)
     labels = test_rows["label_index"].to_numpy()
 
     def accuracy(model):
