@@ -13,16 +13,23 @@ repeats (b)-(d) under that policy (on a GPU; on this CPU both mixed_float16 and
 mixed_bfloat16 train slower than float32, and XLA far slower).
 
 Time-to-accuracy (``--accuracy``, MobileNetV3Small(alpha=0.75) with the ImageNet weights file
-from ``--weights-dir``):
+from ``--weights-dir``), each arm once per seed (``--seeds``, at least 3 for a claim):
   (e) the course recipe: ImageDataGenerator + fit, 15 epochs x 200 steps x batch 20, whole
       network trainable, Adam 1e-3; validation after every epoch, test accuracy at the end
-  (f) cnnlab ``fine_tune``: head on cached features, then the top blocks with BN frozen;
-      wall-clock time until it first reaches (e)'s best validation accuracy, and its test
-      accuracy with the best checkpoint restored.
+  (f) cnnlab ``fine_tune``: head on cached features, then every layer but BatchNorm;
+      wall-clock time until it first reaches (e)'s best validation accuracy (the mean over
+      the seeds of each seed's best epoch), and its test accuracy with the best checkpoint
+      restored.
+Per arm: test accuracy and seconds as mean and standard deviation over the seeds, and the
+paired difference (f) - (e) in test accuracy with its 95% bootstrap interval over (seed, test
+image) pairs (the same bookkeeping as ``time_to_accuracy.py``).
 
 Usage:
   python benchmarks/training.py [--data-dir ../shared/datasets/cards] [--repeats 3] [--accuracy]
-The machine's load average is recorded next to the figures (shared machines vary). Results go
+The machine's 1-minute load average (before and after each throughput run and each seed) and
+the CPU other processes used during each throughput run and each arm (``with_other_work``) are
+recorded next to the figures; a part where other work took over ``OTHER_WORK_LIMIT`` of the
+cores is marked busy, its timings not comparable. Results go
 to stdout, as JSON to docs/benchmarks/training.json (temporary name, then renamed) and as a
 Markdown page beside it (docs/benchmarks/training.md).
 Runs write their checkpoints and feature cache under a temporary project folder.
@@ -31,6 +38,7 @@ Runs write their checkpoints and feature cache under a temporary project folder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -43,6 +51,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from time_to_accuracy import (  # noqa: E402  (this folder is on sys.path when run as a script)
+    OTHER_WORK_LIMIT,
+    SEEDS,
+    _scores,
+    comparison_row,
+    score_test_split,
+    with_other_work,
+)
 
 from cnnlab.config import project_dirs  # noqa: E402
 from cnnlab.data.datasets import prepare_dataset
@@ -151,9 +167,14 @@ def throughput(data_dir: Path, data: TrainingData, backbone: str, steps: int, wa
 
 
 def course_recipe(data_dir: Path, weights_file: Path, classes: int, epochs: int,
-                  steps: int) -> dict:
-    """Row (e): the course's fit, timed, with validation each epoch and test at the end."""
-    keras.utils.set_random_seed(42)
+                  steps: int, seed: int) -> dict:
+    """Row (e): the course's fit, timed, with validation each epoch and test at the end.
+
+    Returns:
+        ``seconds``, per-epoch ``epoch_seconds`` and ``val_accuracy``, ``best_val_accuracy``,
+        and the test split's scores with each image's correctness (``_scores``).
+    """
+    keras.utils.set_random_seed(seed)
     model = _course_model(0.75, weights_file, classes)
     val = _generator(data_dir / "valid", 20, shuffle=False)
     times, clock = [], time.perf_counter()
@@ -161,17 +182,20 @@ def course_recipe(data_dir: Path, weights_file: Path, classes: int, epochs: int,
         on_epoch_end=lambda epoch, logs: times.append(time.perf_counter() - clock))
     history = model.fit(_generator(data_dir / "train", 20), steps_per_epoch=steps,
                         epochs=epochs, validation_data=val, callbacks=[timer], verbose=2)
-    test = model.evaluate(_generator(data_dir / "test", 20, shuffle=False), verbose=0,
-                          return_dict=True)
-    val_acc = history.history["val_accuracy"]
-    return {"seconds": times[-1], "epoch_seconds": times, "val_accuracy": val_acc,
-            "best_val_accuracy": max(val_acc), "test_accuracy": test["accuracy"]}
+    test = _generator(data_dir / "test", 20, shuffle=False)
+    predictions = model.predict(test, verbose=0).argmax(axis=1)
+    val_acc = [float(v) for v in history.history["val_accuracy"]]
+    return {"seconds": round(times[-1], 1), "epoch_seconds": [round(t, 1) for t in times],
+            "val_accuracy": val_acc, "best_val_accuracy": max(val_acc),
+            **_scores(predictions == test.classes,
+                      [str(data_dir / "test" / f) for f in test.filenames]), "seed": seed}
 
 
 def cnnlab_fine_tune(data: TrainingData, weights_dir: Path, freeze_epochs: int, epochs: int,
-                     base_lr: float, dirs, target: float) -> dict:
-    """Row (f): fine_tune on cards; time to reach ``target`` validation accuracy, test acc."""
-    keras.utils.set_random_seed(42)
+                     base_lr: float, dirs, seed: int) -> dict:
+    """Row (f): fine_tune on cards, timed; the same fields as :func:`course_recipe`, with
+    ``epoch_seconds`` counted from the start (feature extraction included)."""
+    keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     result = fine_tune("mobilenet_v3_small_075", data, freeze_epochs, epochs, base_lr,
                        weights="local", weights_dir=weights_dir, dirs=dirs, save=False)
@@ -180,18 +204,10 @@ def cnnlab_fine_tune(data: TrainingData, weights_dir: Path, freeze_epochs: int, 
     # Extraction time: everything not spent inside epochs (model build, cache, restore).
     overhead = total - float(history["seconds"].sum())
     elapsed = overhead + history["seconds"].cumsum()
-    reached = history.index[history["val_accuracy"] >= target]
-    test_rows = data.manifest.split("test")
-    from cnnlab.data.pipeline import make_dataset
-
-    test = make_dataset(test_rows["file"], test_rows["label_index"], data.image_size, 64,
-                        cache=False)
-    test_accuracy = result.model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
-    return {"seconds": total, "epoch_seconds": elapsed.round(1).tolist(),
+    return {"seconds": round(total, 1), "epoch_seconds": elapsed.round(1).tolist(),
             "val_accuracy": history["val_accuracy"].tolist(),
             "best_val_accuracy": float(history["val_accuracy"].max()),
-            "seconds_to_target": float(elapsed[reached[0]]) if len(reached) else None,
-            "test_accuracy": float(test_accuracy)}
+            **score_test_split(result.model, data.manifest, data.image_size), "seed": seed}
 
 
 def main() -> None:
@@ -208,15 +224,15 @@ def main() -> None:
     parser.add_argument("--mixed-precision", help="also time (b)-(d) under this policy")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--accuracy", action="store_true", help="also rows (e) and (f)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                        help="seeds of rows (e) and (f), each arm once per seed")
     parser.add_argument("--course-epochs", type=int, default=15)
     parser.add_argument("--course-steps", type=int, default=200)
     parser.add_argument("--freeze-epochs", type=int, default=20)
     parser.add_argument("--fine-tune-epochs", type=int, default=6)
     parser.add_argument("--base-lr", type=float, default=1e-3)
-    parser.add_argument("--target", type=float, help="validation accuracy (f) must reach "
-                        "(default: (e)'s best)")
     parser.add_argument("--course-from", type=Path, help="reuse row (e) from an earlier JSON "
-                        "report of this script (to try other fine_tune settings)")
+                        "report of this script, same seeds (to try other fine_tune settings)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/training.json"))
     args = parser.parse_args()
 
@@ -232,6 +248,8 @@ def main() -> None:
     command = "python benchmarks/training.py" + (
         f" --repeats {args.repeats}" if args.repeats != 1 else "") + (
         " --accuracy" if args.accuracy else "") + (
+        f" --seeds {' '.join(map(str, args.seeds))}"
+        if args.accuracy and args.seeds != list(SEEDS) else "") + (
         " --skip-throughput" if args.skip_throughput else "")
     report = {"command": command, "hardware": hardware()["description"],
               "measured": time.strftime("%Y-%m-%d"), "backbone": args.backbone,
@@ -244,9 +262,11 @@ def main() -> None:
             print(f"throughput rows, run {repeat + 1} of {args.repeats}")
             # a fresh random backbone each run: extraction must not hit the earlier cache
             shutil.rmtree(dirs.data / "cards" / "features", ignore_errors=True)
-            runs.append(throughput(args.data_dir, data, args.backbone, args.steps,
-                                   args.warmup, None, dirs))
-        rows = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            before = os.getloadavg()[0]
+            runs.append(with_other_work(throughput, args.data_dir, data, args.backbone,
+                                        args.steps, args.warmup, None, dirs))
+            runs[-1]["load_average"] = [round(before, 2), round(os.getloadavg()[0], 2)]
+        rows = {key: statistics.median(run[key] for run in runs) for key in ROWS}
         report["throughput"] = rows
         report["throughput_runs"] = runs
         ratios = {key: [run[key] / run["a"] for run in runs] for key in ("b", "b64", "c", "d")}
@@ -263,25 +283,42 @@ def main() -> None:
         weights = resolve_weights("mobilenet_v3_small_075", "local", args.weights_dir)
         if weights.path is None:
             raise FileNotFoundError(f"no {weights.label}; pass --weights-dir")
-        if args.course_from:
-            course = json.loads(args.course_from.read_text())["course"]
-        else:
-            course = course_recipe(args.data_dir, weights.path, data.num_classes,
-                                   args.course_epochs, args.course_steps)
-        print(f"(e) course recipe: {course['seconds'] / 60:.1f} min, best val "
-              f"{course['best_val_accuracy']:.3f}, test {course['test_accuracy']:.3f}")
-        target = args.target or course["best_val_accuracy"]
-        ours = cnnlab_fine_tune(data, args.weights_dir, args.freeze_epochs,
-                                args.fine_tune_epochs, args.base_lr, dirs, target)
-        reached = ours["seconds_to_target"]
-        print(f"(f) cnnlab fine_tune: {ours['seconds'] / 60:.1f} min in all, best val "
-              f"{ours['best_val_accuracy']:.3f}, test {ours['test_accuracy']:.3f}; reached val "
-              f"{target:.3f} after " + (f"{reached / 60:.1f} min ({reached / course['seconds']:.2f}"
-                                        f" of the course time)" if reached else "never"))
-        report.update(course=course, fine_tune=ours, target=target,
-                      fine_tune_settings={"freeze_epochs": args.freeze_epochs,
-                                          "fine_tune_epochs": args.fine_tune_epochs,
-                                          "base_lr": args.base_lr})
+        earlier = (json.loads(args.course_from.read_text())["accuracy"]["plain"]
+                   if args.course_from else None)
+        if earlier is not None and [r["seed"] for r in earlier] != args.seeds:
+            raise ValueError(f"{args.course_from} has row (e) for seeds "
+                             f"{[r['seed'] for r in earlier]}, not {args.seeds}; pass --seeds")
+        course, ours, loads = [], [], []
+        for i, seed in enumerate(args.seeds):
+            before = os.getloadavg()[0]
+            course.append(earlier[i] if earlier else with_other_work(
+                course_recipe, args.data_dir, weights.path, data.num_classes,
+                args.course_epochs, args.course_steps, seed))
+            print(f"(e) course recipe, seed {seed}: {course[-1]['seconds'] / 60:.1f} min, best "
+                  f"val {course[-1]['best_val_accuracy']:.3f}, test "
+                  f"{course[-1]['test_accuracy']:.3f}")
+            ours.append(with_other_work(
+                cnnlab_fine_tune, dataclasses.replace(data, seed=seed), args.weights_dir,
+                args.freeze_epochs, args.fine_tune_epochs, args.base_lr, dirs, seed))
+            print(f"(f) cnnlab fine_tune, seed {seed}: {ours[-1]['seconds'] / 60:.1f} min, best "
+                  f"val {ours[-1]['best_val_accuracy']:.3f}, test "
+                  f"{ours[-1]['test_accuracy']:.3f}")
+            loads += [round(before, 2), round(os.getloadavg()[0], 2)]
+        row = comparison_row(course, ours)
+        gain = row["gain"]
+        print(f"(f) - (e): {gain['difference']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}] "
+              f"over {gain['n']} (seed, image) pairs; (f) reaches (e)'s best val "
+              f"{row['target_val_accuracy']:.3f} after " + (
+                  "never (in some seed)" if row["seconds_to_target"] is None else
+                  f"{row['seconds_to_target']:.0f} s ({row['ratio_to_plain']:.3f} of (e)'s "
+                  "time)"))
+        report["accuracy"] = {
+            **row, "seeds": args.seeds, "load_average": loads, "cores": os.cpu_count(),
+            "course_settings": {"epochs": args.course_epochs, "steps": args.course_steps,
+                                "batch_size": 20, "learning_rate": 1e-3},
+            "fine_tune_settings": {"freeze_epochs": args.freeze_epochs,
+                                   "fine_tune_epochs": args.fine_tune_epochs,
+                                   "base_lr": args.base_lr}}
     report["load_average_after"] = os.getloadavg()
     print(f"load average after: {report['load_average_after'][0]:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +337,28 @@ ROWS = {
 }
 
 
+def _others(runs: list[dict]) -> list[float]:
+    """Each run's ``other_cpu_cores``; empty if a run predates the measurement."""
+    others = [run.get("other_cpu_cores") for run in runs]
+    return [] if None in others else others
+
+
+def busy(runs: list[dict], cores: int) -> bool:
+    """Whether other processes used over ``OTHER_WORK_LIMIT`` of the cores during a run (its
+    timings then are not comparable); False where the runs predate the measurement."""
+    return max(_others(runs), default=0.0) > OTHER_WORK_LIMIT * cores
+
+
+def _machine_note(runs: list[dict], loads: list[float], cores: int) -> str:
+    note = f"1-minute load {min(loads):.1f}–{max(loads):.1f}"
+    others = _others(runs)
+    if others:
+        note += f"; other processes used at most {max(others):.2f} cores during a run"
+    if busy(runs, cores):
+        note += ". BUSY: other work shared the machine, timings not comparable"
+    return note + "."
+
+
 def render_markdown(report: dict) -> str:
     """The report of :func:`main` as a Markdown page: throughput, then time to accuracy."""
     lines = [
@@ -309,12 +368,14 @@ def render_markdown(report: dict) -> str:
         f"{report['hardware']} (TensorFlow {report['tensorflow']}, Keras {report['keras']}), "
         f"measured {report['measured']}; load average "
         f"{report['load_average_before'][0]:.2f} before, "
-        f"{report['load_average_after'][0]:.2f} after.", ""]
+        f"{report['load_average_after'][0]:.2f} after. The load after counts the "
+        "benchmark's own threads; other processes' CPU (from /proc/stat) decides whether a "
+        f"part is marked BUSY (over {OTHER_WORK_LIMIT:.0%} of the cores).", ""]
     if "throughput" in report:
-        runs = len(report["throughput_runs"])
+        runs = report["throughput_runs"]
         lines += [
             f"Throughput: `{report['backbone']}` with random weights, {report['steps']} timed "
-            f"steps per row after a warm-up; median of {runs} interleaved run(s), and the "
+            f"steps per row after a warm-up; median of {len(runs)} interleaved run(s), and the "
             "ratio to (a) in each run.", "",
             "| row | img/s (median) | x (a), per run |", "|---|---|---|"]
         for key, name in ROWS.items():
@@ -322,24 +383,47 @@ def render_markdown(report: dict) -> str:
             per_run = ", ".join(f"{r:.2f}" for r in ratios) if ratios else (
                 "1" if key == "a" else "")
             lines.append(f"| {name} | {report['throughput'][key]:,.1f} | {per_run} |")
+        loads = [x for run in runs for x in run.get("load_average", [])]
+        if loads:
+            lines += ["", _machine_note(runs, loads, report["cores"])]
         lines.append("")
-    if "course" in report:
-        course, ours = report["course"], report["fine_tune"]
-        reached = ours["seconds_to_target"]
-        settings = report["fine_tune_settings"]
+    if "accuracy" in report:
+        row = report["accuracy"]
+        course, ours = row["plain_summary"], row["fine_tune_summary"]
+        settings, gain = row["fine_tune_settings"], row["gain"]
+
+        def best_val(runs):
+            values = [r["best_val_accuracy"] for r in runs]
+            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+            return f"{statistics.mean(values):.3f}{spread}"
+
+        def cells(summary, runs):
+            return (f"{summary['seconds_mean']:,.0f} ± {summary['seconds_sd']:,.0f} | "
+                    f"{best_val(runs)} | {summary['test_accuracy_mean']:.3f} ± "
+                    f"{summary['test_accuracy_sd']:.3f}")
+
+        reached = row["seconds_to_target"]
+        verdict = ("the interval excludes zero" if gain["excludes zero"] else
+                   "within noise: the interval includes zero")
         lines += [
-            "Time to accuracy: MobileNetV3Small 0.75 from the ImageNet weights file.", "",
+            f"Time to accuracy: MobileNetV3Small 0.75 from the ImageNet weights file, each "
+            f"recipe once per seed (seeds {', '.join(map(str, row['seeds']))}), mean ± "
+            "standard deviation over the seeds.", "",
             "| recipe | seconds | best val accuracy | test accuracy |", "|---|---|---|---|",
             f"| (e) course recipe: `ImageDataGenerator` + `fit`, "
-            f"{len(course['val_accuracy'])} epochs, whole network trainable | "
-            f"{course['seconds']:,.0f} | {course['best_val_accuracy']:.3f} | "
-            f"{course['test_accuracy']:.3f} |",
+            f"{len(row['plain'][0]['val_accuracy'])} epochs, whole network trainable | "
+            f"{cells(course, row['plain'])} |",
             f"| (f) `fine_tune`: {settings['freeze_epochs']} head epochs on cached features, "
-            f"then {settings['fine_tune_epochs']} fine-tuning epochs | {ours['seconds']:,.0f} | "
-            f"{ours['best_val_accuracy']:.3f} | {ours['test_accuracy']:.3f} |", "",
-            f"(f) first reached (e)'s best validation accuracy ({report['target']:.3f}) after "
-            + (f"{reached:,.1f} s, {reached / course['seconds']:.3f} of (e)'s time."
-               if reached is not None else "never."), ""]
+            f"then {settings['fine_tune_epochs']} fine-tuning epochs | "
+            f"{cells(ours, row['fine_tune'])} |", "",
+            f"(f) - (e) in test accuracy: {gain['difference']:+.3f} [{gain['low']:+.3f}, "
+            f"{gain['high']:+.3f}], the paired 95% bootstrap interval over {gain['n']} "
+            f"(seed, test image) pairs; {verdict}. (f) first reached (e)'s best validation "
+            f"accuracy ({row['target_val_accuracy']:.3f}, the mean of each seed's best) after "
+            + (f"{reached:,.1f} s on average, {row['ratio_to_plain']:.3f} of (e)'s mean time."
+               if reached is not None else "never, in some seed."),
+            "", _machine_note(row["plain"] + row["fine_tune"], row["load_average"],
+                              row["cores"]), ""]
     return "\n".join(lines) + "\n"
 
 

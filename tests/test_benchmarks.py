@@ -8,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import time_to_accuracy as tta  # noqa: E402
+import training as training_bench  # noqa: E402
 
 
 def _arm(seed, correct, seconds, val=(0.5, 0.8)):
@@ -103,3 +105,55 @@ def test_the_committed_table_is_rendered_from_the_committed_json():
     folder = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
     report = json.loads((folder / "time_to_accuracy.json").read_text())
     assert (folder / "time_to_accuracy.md").read_text() == tta.render_markdown(report)
+
+
+def _training_report(throughput_others, plain, ours):
+    runs = [{**{key: 100.0 for key in training_bench.ROWS}, "a": 50.0,
+             "load_average": [0.2, 2.2], "other_cpu_cores": other}
+            for other in throughput_others]
+    return {"command": "python benchmarks/training.py", "hardware": "CPU only: 2 cores",
+            "measured": "2026-12-08", "tensorflow": "2.21.0", "keras": "3.15.1",
+            "images": 3180, "cores": 2, "backbone": "mobilenet_v3_small_075", "steps": 30,
+            "load_average_before": [0.2], "load_average_after": [2.2],
+            "throughput": {key: 100.0 for key in training_bench.ROWS},
+            "throughput_runs": runs,
+            "throughput_ratios": {key: [2.0] * len(runs) for key in ("b", "b64", "c", "d")},
+            "accuracy": {**tta.comparison_row(plain, ours), "seeds": [0, 1],
+                         "load_average": [0.2, 2.2, 0.3, 2.3], "cores": 2,
+                         "fine_tune_settings": {"freeze_epochs": 20, "fine_tune_epochs": 6,
+                                                "base_lr": 1e-3}}}
+
+
+def test_training_page_gives_seeds_the_paired_gain_and_marks_other_work():
+    plain = [_arm(0, [1, 0, 0, 1] * 10, 900.0), _arm(1, [1, 0, 1, 0] * 10, 960.0)]
+    ours = [_arm(0, [1, 1, 1, 1] * 10, 240.0, (0.6, 0.9)),
+            _arm(1, [1, 1, 1, 0] * 10, 250.0, (0.6, 0.9))]
+    page = training_bench.render_markdown(_training_report([0.01, 0.02], plain, ours))
+    assert "| 930 ± 42 | 0.800 ± 0.000 | 0.500 ± 0.000 |" in page
+    assert "+0.375 [" in page and "over 80 (seed, test image) pairs; the interval excludes" in page
+    assert "BUSY:" not in page
+    busy = training_bench.render_markdown(_training_report([0.01, 0.9], plain, plain))
+    assert "within noise: the interval includes zero" in busy
+    assert busy.count("BUSY: other work shared the machine") == 1  # throughput, not accuracy
+
+
+@pytest.mark.slow  # one step, then 265 validation and 265 test images at 224 px
+def test_training_benchmark_scores_the_course_recipe_on_the_manifest_test_images(shared_dir,
+                                                                               tmp_path):
+    """(e) reads the test folder through ImageDataGenerator, (f) through the manifest: the
+    paired difference needs both to key the same images the same way."""
+    from cnnlab.config import project_dirs
+    from cnnlab.data.datasets import prepare_dataset
+
+    cards = shared_dir / "datasets" / "cards"
+    run = training_bench.course_recipe(cards, shared_dir / "weights" /
+                                       "mobilenet_v3_small_075_imagenet_notop.weights.h5",
+                                       53, epochs=1, steps=1, seed=0)
+    root = tmp_path / "project"
+    (root / "notebooks").mkdir(parents=True)
+    manifest = prepare_dataset("cards", cards, project_dirs(root))
+    rows = manifest.split("test")
+    keys = tta._scores(np.zeros(len(rows), bool), [str(f) for f in rows["file"]])["files"]
+    assert run["files"] == keys and len(keys) == len(run["correct"]) == 265
+    assert run["seed"] == 0 and len(run["val_accuracy"]) == len(run["epoch_seconds"]) == 1
+    assert run["test_accuracy"] == pytest.approx(sum(run["correct"]) / 265, abs=1e-4)
