@@ -342,13 +342,15 @@ def with_other_work(arm: Callable[..., dict], *args) -> dict:
 
     Returns:
         The arm's result with ``other_cpu_cores`` (float, cores: the machine's CPU seconds
-        less this process's, over the arm's wall seconds), left out off Linux.
+        less this process's, over the arm's wall seconds; at least 0, as the two clocks'
+        round-off can leave a lone arm's figure a hair below it), left out off Linux.
     """
     start, began = _cpu_seconds(), time.perf_counter()
     result = arm(*args)
     end, wall = _cpu_seconds(), time.perf_counter() - began
     if start is not None and end is not None:
-        result["other_cpu_cores"] = round(((end[0] - start[0]) - (end[1] - start[1])) / wall, 3)
+        others = ((end[0] - start[0]) - (end[1] - start[1])) / wall
+        result["other_cpu_cores"] = round(max(others, 0.0), 3)  # ticks' round-off: >= 0
     return result
 
 

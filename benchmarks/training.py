@@ -357,7 +357,8 @@ def _machine_note(runs: list[dict], loads: list[float], cores: int) -> str:
     note = f"1-minute load {min(loads):.1f}–{max(loads):.1f}"
     others = _others(runs)
     if others:
-        note += f"; other processes used at most {max(others):.2f} cores during a run"
+        # clock-tick round-off can leave a lone run's figure a hair below zero
+        note += f"; other processes used at most {max(max(others), 0.0):.2f} cores during a run"
     if busy(runs, cores):
         note += ". BUSY: other work shared the machine, timings not comparable"
     return note + "."

@@ -101,10 +101,12 @@ def test_other_work_counts_another_process_and_not_this_one():
     assert child["other_cpu_cores"] > 0.5
 
 
-def test_the_committed_table_is_rendered_from_the_committed_json():
+@pytest.mark.parametrize("name, module", [("time_to_accuracy", tta),
+                                          ("training", training_bench)])
+def test_the_committed_table_is_rendered_from_the_committed_json(name, module):
     folder = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
-    report = json.loads((folder / "time_to_accuracy.json").read_text())
-    assert (folder / "time_to_accuracy.md").read_text() == tta.render_markdown(report)
+    report = json.loads((folder / f"{name}.json").read_text())
+    assert (folder / f"{name}.md").read_text() == module.render_markdown(report)
 
 
 def _training_report(throughput_others, plain, ours):
