@@ -354,10 +354,15 @@ def with_other_work(arm: Callable[..., dict], *args) -> dict:
     return result
 
 
+def _others(arms: list[dict]) -> list[float]:
+    """Each arm's ``other_cpu_cores``; empty if an arm predates the measurement."""
+    others = [arm.get("other_cpu_cores") for arm in arms]
+    return [] if None in others else others
+
+
 def _other_work(run: dict) -> list[float]:
     """Every arm's ``other_cpu_cores`` in a row; empty if an arm predates the measurement."""
-    others = [arm.get("other_cpu_cores") for name in ("plain", "fine_tune") for arm in run[name]]
-    return [] if None in others else others
+    return _others(run["plain"] + run["fine_tune"])
 
 
 def _busy(run: dict) -> bool:

@@ -55,6 +55,7 @@ import tensorflow as tf  # noqa: E402
 from time_to_accuracy import (  # noqa: E402  (this folder is on sys.path when run as a script)
     OTHER_WORK_LIMIT,
     SEEDS,
+    _others,
     _scores,
     comparison_row,
     score_test_split,
@@ -339,12 +340,6 @@ ROWS = {
     "extraction": "feature extraction for the cache (once)",
     "d": "(d) head on cached features",
 }
-
-
-def _others(runs: list[dict]) -> list[float]:
-    """Each run's ``other_cpu_cores``; empty if a run predates the measurement."""
-    others = [run.get("other_cpu_cores") for run in runs]
-    return [] if None in others else others
 
 
 def busy(runs: list[dict], cores: int) -> bool:
